@@ -1,0 +1,205 @@
+"""Models and checkpoints as safetensors: bytes for the database, a folder for people.
+
+A model is its config, vocabulary and weights. Loading rebuilds it from those alone and
+never unpickles anything."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelConfig
+from .errors import ModelLoadError
+from .model import TenseCVAE
+from .vocab import Vocab
+
+FORMAT = "tensevae-model/1"
+CHECKPOINT_FORMAT = "tensevae-checkpoint/1"
+_MAX_HEADER = 10_000_000
+
+
+def describe(model: TenseCVAE, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "model": dataclasses.asdict(model.config),
+        "vocab": model.vocab.chars,
+        **(extra or {}),
+    }
+
+
+def _pack(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+
+
+def _unpack(data: bytes, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of safetensors bytes; anything malformed is a ModelLoadError."""
+    from safetensors.torch import load
+
+    if not isinstance(data, bytes | bytearray | memoryview) or len(data) < 8:
+        raise ModelLoadError(f"{what}: too short to be a safetensors file")
+    data = bytes(data)
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > min(_MAX_HEADER, len(data) - 8):
+        raise ModelLoadError(f"{what}: truncated or not a safetensors file")
+    try:
+        header = json.loads(data[8 : 8 + n])
+        metadata = header.get("__metadata__") or {}
+        tensors = load(data)
+    except Exception as e:  # safetensors raises several types for damaged files
+        raise ModelLoadError(f"{what}: damaged safetensors data ({type(e).__name__})") from None
+    return tensors, metadata
+
+
+def _build(meta: dict[str, Any], what: str) -> TenseCVAE:
+    if meta.get("format") != FORMAT:
+        raise ModelLoadError(f"{what}: format {meta.get('format')!r} is not {FORMAT!r}")
+    try:
+        known = {f.name for f in dataclasses.fields(ModelConfig)}
+        unknown = set(meta["model"]) - known
+        if unknown:
+            raise ModelLoadError(f"{what}: config has keys this version lacks: {sorted(unknown)}")
+        return TenseCVAE(ModelConfig(**meta["model"]), Vocab(meta["vocab"]))
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, ModelLoadError):
+            raise
+        raise ModelLoadError(f"{what}: config or vocabulary unreadable ({e})") from None
+
+
+def _load_weights(model: TenseCVAE, tensors: dict[str, torch.Tensor], what: str) -> TenseCVAE:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ModelLoadError(f"{what}: weights do not fit the config (missing {missing[:3]}, extra {extra[:3]})")
+    for k, v in tensors.items():
+        if v.shape != expected[k].shape:
+            raise ModelLoadError(f"{what}: {k} has shape {tuple(v.shape)}, the config needs "
+                                 f"{tuple(expected[k].shape)} (vocabulary or size mismatch)")  # fmt: skip
+        if not torch.isfinite(v).all():
+            raise ModelLoadError(f"{what}: {k} holds NaN or infinite values")
+    model.load_state_dict(tensors)
+    return model.eval()
+
+
+def to_bytes(model: TenseCVAE, extra: dict[str, Any] | None = None) -> bytes:
+    """The model as one safetensors blob whose metadata holds config and vocabulary."""
+    return _pack(model.state_dict(), {"tensevae": json.dumps(describe(model, extra))})
+
+
+def from_bytes(data: bytes, what: str = "model bytes") -> TenseCVAE:
+    tensors, metadata = _unpack(data, what)
+    try:
+        meta = json.loads(metadata["tensevae"])
+    except (KeyError, json.JSONDecodeError):
+        raise ModelLoadError(f"{what}: no tensevae config in the metadata") from None
+    return _load_weights(_build(meta, what), tensors, what)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save(model: TenseCVAE, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = describe(model, extra)
+    (folder / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    (folder / "model.safetensors").write_bytes(_pack(model.state_dict(), {"format": FORMAT}))
+    return folder
+
+
+def load(folder: str | Path, device: str | torch.device = "cpu") -> TenseCVAE:
+    """Rebuild a model saved by ``save``; any problem is one ModelLoadError line."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelLoadError(f"{folder}: no such model folder")
+    cfg, weights = folder / "config.json", folder / "model.safetensors"
+    for f in (cfg, weights):
+        if not f.is_file():
+            raise ModelLoadError(f"{folder}: {f.name} is missing")
+    try:
+        meta = json.loads(cfg.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelLoadError(f"{cfg}: not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise ModelLoadError(f"{cfg}: not a tensevae model config")
+    tensors, _ = _unpack(weights.read_bytes(), str(weights))
+    return _load_weights(_build(meta, str(cfg)), tensors, str(weights)).to(device)
+
+
+def metadata(folder: str | Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+
+
+def pretrained_path() -> Path:
+    return Path(__file__).resolve().parent / "data" / "pretrained"
+
+
+def load_pretrained(device: str | torch.device = "cpu") -> TenseCVAE:
+    """The model shipped with tensevae (made by ``configs/default.yaml``)."""
+    return load(pretrained_path(), device)
+
+
+# Checkpoints: model weights, optimizer state, random state and history, to resume from.
+
+def checkpoint_to_bytes(
+    model: TenseCVAE, optimizer: torch.optim.Optimizer, rng: torch.Tensor, state: dict[str, Any],
+    best: dict[str, torch.Tensor] | None = None,
+) -> bytes:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, slots in opt["state"].items():
+        for key, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{pid}.{key}"] = value
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    tensors["rng"] = rng
+    for k, v in (best or {}).items():
+        tensors[f"best.{k}"] = v
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "model": describe(model),
+        "param_groups": opt["param_groups"],
+        "optim_scalars": scalars,
+        "state": state,
+    }
+    return _pack(tensors, {"tensevae": json.dumps(meta)})
+
+
+def checkpoint_from_bytes(data: bytes) -> dict[str, Any]:
+    """Parts of a checkpoint: model, optimizer state dict, rng, state, best weights."""
+    what = "checkpoint"
+    tensors, metadata = _unpack(data, what)
+    try:
+        meta = json.loads(metadata["tensevae"])
+    except (KeyError, json.JSONDecodeError):
+        raise ModelLoadError(f"{what}: no tensevae metadata") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ModelLoadError(f"{what}: format {meta.get('format')!r} is not {CHECKPOINT_FORMAT!r}")
+    model = _build(meta["model"], what)
+    _load_weights(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, what)
+    slots: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, key = k.split(".", 2)
+            slots.setdefault(int(pid), {})[key] = v
+    for pid, extra in meta["optim_scalars"].items():
+        slots.setdefault(int(pid), {}).update(extra)
+    return {
+        "model": model,
+        "optimizer": {"state": slots, "param_groups": meta["param_groups"]},
+        "rng": tensors["rng"],
+        "state": meta["state"],
+        "best": {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None,
+    }

@@ -1,0 +1,215 @@
+"""Typed, frozen configurations, loaded from YAML and overridable with KEY=VALUE."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden_size: int = 256  # LSTM units, encoder and decoder
+    latent_size: int = 32  # dimensions of z
+    tense_embedding: int = 8  # size of the tense embedding (the condition c)
+    char_embedding: int = 64  # size of a character's embedding
+    bidirectional: bool = False  # encoder reads the word both ways
+    attention: bool = False  # decoder attends to the encoder's character states
+    context_dropout: float = 0.0  # share of training words whose decoder gets no attention
+    decoder_input_z: bool = False  # z and the target tense join every decoder input
+    max_length: int = 30  # most characters the decoder writes for one word
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0  # every random draw of a run derives from it
+    epochs: int = 30
+    batch_size: int = 64
+    pairs: str = "same"  # same: word -> itself (the lab); cross: the 12 conversions; all: both
+    optimizer: str = "adam"  # adam, adamw or sgd
+    lr: float = 0.001
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    kl_schedule: str = "monotonic"  # constant, monotonic or cyclical
+    kl_max: float = 1.0  # the KL weight (beta) at its highest
+    kl_warmup: float = 0.3  # monotonic: share of training spent rising to kl_max
+    kl_cycles: int = 4  # cyclical: number of cycles
+    kl_ratio: float = 0.5  # cyclical: share of a cycle spent rising
+    free_bits: float = 0.0  # nats per latent dimension not penalised (0: off)
+    tf_start: float = 1.0  # teacher-forcing ratio at the start
+    tf_end: float = 1.0  # ... and at the end
+    tf_shape: str = "linear"  # constant, linear, cosine or step (halfway)
+    word_dropout: float = 0.0  # share of decoder input characters replaced by <unk>
+    val_fraction: float = 0.0  # share of verbs held out for validation (split by verb)
+    select: str = "last"  # which epoch's weights to keep: last, or best on val_exact / bleu4
+    device: str = "auto"  # auto (CUDA when present), cpu or cuda
+    threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    eval_every: int = 1  # epochs between scores (BLEU-4, Gaussian, validation)
+    eval_gaussian_draws: int = 1  # draws of 100 z for the per-epoch Gaussian score
+    checkpoint_every: int = 1  # epochs between checkpoints offered to on_epoch
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **sections: dict[str, Any]) -> Config:
+        return from_dict(_merge(self.to_dict(), sections))
+
+
+_SECTIONS = {"model": ModelConfig, "train": TrainConfig}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _coerce(section: str, key: str, value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "yes", "1", "on"):
+            return True
+        if str(value).lower() in ("false", "no", "0", "off"):
+            return False
+    elif kind in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{section}.{key}: expected a number, got {value!r}")
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            pass
+        else:
+            if kind is int and float(value) != number:
+                raise ConfigError(f"{section}.{key}: expected a whole number, got {value!r}")
+            return number
+    elif kind is str and isinstance(value, str | int | float):
+        return str(value)
+    raise ConfigError(f"{section}.{key}: expected {kind.__name__}, got {value!r}")
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """A Config from nested dicts; unknown keys and wrong types are ConfigErrors."""
+    if not isinstance(data, dict):
+        raise ConfigError("a config must be a mapping with sections model and train")
+    unknown = set(data) - {"name", *_SECTIONS}
+    if unknown:
+        raise ConfigError(f"unknown config section {sorted(unknown)[0]!r} (known: model, train)")
+    built: dict[str, Any] = {}
+    for section, cls in _SECTIONS.items():
+        given = data.get(section) or {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"config section {section!r} must be a mapping")
+        types = {f.name: type(f.default) for f in fields(cls)}
+        for key in given:
+            if key not in types:
+                raise ConfigError(f"unknown config key {section}.{key}")
+        built[section] = cls(**{k: _coerce(section, k, v, types[k]) for k, v in given.items()})
+    cfg = Config(name=str(data.get("name", "default")), **built)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    m, t = cfg.model, cfg.train
+    checks = [
+        (m.hidden_size > 0 and m.latent_size > 0 and m.tense_embedding > 0, "model sizes must be positive"),
+        (m.char_embedding > 0, "model.char_embedding must be positive"),
+        (0.0 <= m.context_dropout <= 1.0, "model.context_dropout must lie in [0, 1]"),
+        (m.max_length >= 2, "model.max_length must be at least 2"),
+        (t.epochs >= 1 and t.batch_size >= 1, "train.epochs and train.batch_size must be >= 1"),
+        (t.pairs in ("same", "cross", "all"), "train.pairs must be same, cross or all"),
+        (t.optimizer in ("adam", "adamw", "sgd"), "train.optimizer must be adam, adamw or sgd"),
+        (t.lr > 0, "train.lr must be positive"),
+        (t.kl_schedule in ("constant", "monotonic", "cyclical"),
+         "train.kl_schedule must be constant, monotonic or cyclical"),
+        (t.kl_cycles >= 1 and 0 < t.kl_ratio <= 1, "train.kl_cycles >= 1 and 0 < kl_ratio <= 1"),
+        (0 <= t.kl_warmup <= 1, "train.kl_warmup must lie in [0, 1]"),
+        (t.tf_shape in ("constant", "linear", "cosine", "step"),
+         "train.tf_shape must be constant, linear, cosine or step"),
+        (0 <= t.tf_start <= 1 and 0 <= t.tf_end <= 1, "teacher-forcing ratios must lie in [0, 1]"),
+        (0 <= t.word_dropout < 1, "train.word_dropout must lie in [0, 1)"),
+        (0 <= t.val_fraction < 1, "train.val_fraction must lie in [0, 1)"),
+        (t.select in ("last", "val_exact", "bleu4"), "train.select must be last, val_exact or bleu4"),
+        (t.select != "val_exact" or t.val_fraction > 0, "train.select=val_exact needs val_fraction > 0"),
+        (t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
+        (t.eval_every >= 1 and t.checkpoint_every >= 1, "eval_every and checkpoint_every must be >= 1"),
+        (t.free_bits >= 0 and t.kl_max >= 0 and t.grad_clip >= 0, "free_bits, kl_max, grad_clip >= 0"),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """``KEY=VALUE`` items: ``train.epochs=5``, or a bare key when one section has it."""
+    data = cfg.to_dict()
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE")
+        if key == "name":
+            data["name"] = text
+            continue
+        section, _, name = key.rpartition(".")
+        if not section:
+            owners = [s for s in _SECTIONS if name in data[s]]
+            if len(owners) != 1:
+                raise ConfigError(f"unknown config key {name!r}")
+            section = owners[0]
+        if section not in _SECTIONS or name not in data[section]:
+            raise ConfigError(f"unknown config key {key!r}")
+        data[section][name] = _parse_value(text)
+    return from_dict(data)
+
+
+def configs_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (a path, or a name in configs/ such as ``tiny``)."""
+    import yaml
+
+    p = Path(path) if path else configs_dir() / "default.yaml"
+    if path and not p.exists() and not p.suffix:
+        p = configs_dir() / f"{path}.yaml"
+    if not p.is_file():
+        raise ConfigError(f"{path or p}: no such config file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = data or {}
+    if isinstance(data, dict):
+        data.setdefault("name", p.stem)
+    try:
+        cfg = from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
+    return apply_overrides(cfg, overrides or [])

@@ -1,0 +1,226 @@
+"""Read and validate the dataset files; pairs, batches and a split by verb."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .errors import DataError
+from .tenses import TENSES, tense_code
+from .vocab import EOS, PAD, SOS, Vocab
+
+# The tense conditions of the lab's test.txt, by line (from its data_readme.txt).
+LAB_TEST_CONDITIONS: tuple[tuple[str, str], ...] = (
+    ("sp", "p"), ("sp", "pg"), ("sp", "tp"), ("sp", "tp"), ("p", "tp"),
+    ("sp", "pg"), ("p", "sp"), ("pg", "sp"), ("pg", "p"), ("pg", "tp"),
+)  # fmt: skip
+
+Quad = tuple[str, str, str, str]
+
+
+@dataclass(frozen=True)
+class Conversion:
+    source: str
+    target: str
+    src: str  # tense code of the source word
+    tgt: str  # tense code of the target word
+
+
+def bundled(name: str) -> Path:
+    """Path of a file shipped in pipeline/data (train.txt, test.txt, ...)."""
+    return Path(str(resources.files("pipeline") / "data" / name))
+
+
+def _lines(path: str | Path) -> list[tuple[int, str]]:
+    """(line number, stripped text) of the non-blank lines; errors name the file."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such file")
+    if p.is_dir():
+        raise DataError(f"{p}: is a directory, not a file")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{p}:{line}: bytes that are not UTF-8") from None
+    rows = [(i, s.strip()) for i, s in enumerate(text.splitlines(), 1) if s.strip()]
+    if not rows:
+        raise DataError(f"{p}: the file is empty")
+    return rows
+
+
+def _check_word(path: Path | str, line: int, word: str, vocab: Vocab) -> str:
+    try:
+        return vocab.check(word)
+    except ValueError as e:
+        raise DataError(f"{path}:{line}: {e}") from None
+
+
+def read_quads(path: str | Path, vocab: Vocab | None = None) -> list[Quad]:
+    """Lines of ``sp tp pg p``; a malformed line stops with ``FILE:LINE: what is wrong``."""
+    vocab = vocab or Vocab()
+    quads = []
+    for n, text in _lines(path):
+        words = text.split()
+        if len(words) != 4:
+            raise DataError(f"{path}:{n}: expected 4 words (sp tp pg p), found {len(words)}")
+        quads.append(tuple(_check_word(path, n, w, vocab) for w in words))
+    return quads
+
+
+def read_conversions(
+    path: str | Path, conditions: Sequence[tuple[str, str]] | None = None,
+    vocab: Vocab | None = None,
+) -> list[Conversion]:
+    """A conversion file: ``source target`` lines whose tenses are given by ``conditions``
+    (the lab's ten by default), or ``source target src tgt`` lines that name their own."""
+    vocab = vocab or Vocab()
+    rows = _lines(path)
+    out = []
+    for k, (n, text) in enumerate(rows):
+        words = text.split()
+        if len(words) == 4:
+            src, tgt = (_tense(path, n, t) for t in words[2:])
+        elif len(words) == 2:
+            conds = LAB_TEST_CONDITIONS if conditions is None else conditions
+            if k >= len(conds):
+                raise DataError(
+                    f"{path}:{n}: no tense condition for this line ({len(conds)} known); "
+                    "write it as 'source target src tgt'"
+                )
+            src, tgt = conds[k]
+        else:
+            raise DataError(f"{path}:{n}: expected 'source target [src tgt]', found {len(words)} words")
+        source, target = (_check_word(path, n, w, vocab) for w in words[:2])
+        out.append(Conversion(source, target, src, tgt))
+    return out
+
+
+def read_requests(path: str | Path) -> list[tuple[int, str, str, str]]:
+    """Lines ``word from to`` of a bulk conversion: (line, word, src, tgt), unchecked words.
+
+    Words are validated later, one by one, so that one bad word never stops a bulk job;
+    a line without three fields is still an error of the file."""
+    out = []
+    for n, text in _lines(path):
+        parts = text.split()
+        if len(parts) != 3:
+            raise DataError(f"{path}:{n}: expected 'word from to', found {len(parts)} fields")
+        out.append((n, parts[0], parts[1], parts[2]))
+    return out
+
+
+def _tense(path: str | Path, line: int, name: str) -> str:
+    try:
+        return tense_code(name)
+    except ValueError as e:
+        raise DataError(f"{path}:{line}: {e}") from None
+
+
+def load_train() -> list[Quad]:
+    return read_quads(bundled("train.txt"))
+
+
+def load_test() -> list[Conversion]:
+    return read_conversions(bundled("test.txt"))
+
+
+def split_by_verb(quads: Sequence[Quad], fraction: float, seed: int) -> tuple[list[Quad], list[Quad]]:
+    """(kept, held out): every line of a verb (its simple present) lands on one side."""
+    verbs = sorted({q[0] for q in quads})
+    random.Random(seed).shuffle(verbs)
+    held = set(verbs[: round(len(verbs) * fraction)])
+    return [q for q in quads if q[0] not in held], [q for q in quads if q[0] in held]
+
+
+def kfold_by_verb(quads: Sequence[Quad], k: int, seed: int) -> list[tuple[list[Quad], list[Quad]]]:
+    """k (train, held out) folds; each verb is held out in exactly one fold."""
+    verbs = sorted({q[0] for q in quads})
+    random.Random(seed).shuffle(verbs)
+    folds = []
+    for i in range(k):
+        held = set(verbs[i::k])
+        folds.append(([q for q in quads if q[0] not in held], [q for q in quads if q[0] in held]))
+    return folds
+
+
+def make_pairs(quads: Sequence[Quad], mode: str) -> list[tuple[str, int, str, int]]:
+    """Training pairs (source, src index, target, tgt index) from quadruples.
+
+    ``same``: each word to itself (the lab's objective); ``cross``: the twelve directed
+    conversions of each line; ``all``: both."""
+    if mode not in ("same", "cross", "all"):
+        raise DataError(f"pairs must be same, cross or all, not {mode!r}")
+    pairs = []
+    for q in quads:
+        for i in range(4):
+            for j in range(4):
+                if (i == j and mode != "cross") or (i != j and mode != "same"):
+                    pairs.append((q[i], i, q[j], j))
+    return pairs
+
+
+@dataclass
+class Batch:
+    """Padded batch-first tensors; padding is PAD and never reaches the loss."""
+
+    src: torch.Tensor  # (B, S) source characters
+    src_len: torch.Tensor  # (B,)
+    src_tense: torch.Tensor  # (B,)
+    tgt_in: torch.Tensor  # (B, T) <s> + target characters
+    tgt_out: torch.Tensor  # (B, T) target characters + </s>
+    tgt_tense: torch.Tensor  # (B,)
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(t.to(device) for t in vars(self).values()))
+
+
+def pad(seqs: Sequence[Sequence[int]], value: int = PAD) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+def encode_sources(words: Sequence[str], vocab: Vocab) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = [vocab.encode(w) for w in words]
+    return pad(ids), torch.tensor([len(s) for s in ids], dtype=torch.long)
+
+
+def make_batch(pairs: Sequence[tuple[str, int, str, int]], vocab: Vocab) -> Batch:
+    src, src_len = encode_sources([p[0] for p in pairs], vocab)
+    tgt = [vocab.encode(p[2]) for p in pairs]
+    return Batch(
+        src=src,
+        src_len=src_len,
+        src_tense=torch.tensor([p[1] for p in pairs], dtype=torch.long),
+        tgt_in=pad([[SOS, *t] for t in tgt]),
+        tgt_out=pad([[*t, EOS] for t in tgt]),
+        tgt_tense=torch.tensor([p[3] for p in pairs], dtype=torch.long),
+    )
+
+
+def batches(pairs: Sequence, vocab: Vocab, size: int, generator: torch.Generator | None = None):
+    """Batches over the pairs, shuffled by ``generator`` when given."""
+    order = torch.randperm(len(pairs), generator=generator) if generator is not None else None
+    idx = order.tolist() if order is not None else list(range(len(pairs)))
+    for start in range(0, len(idx), size):
+        yield make_batch([pairs[i] for i in idx[start : start + size]], vocab)
+
+
+def train_lines(quads: Sequence[Quad]) -> set[Quad]:
+    return {tuple(q) for q in quads}
+
+
+__all__ = [
+    "LAB_TEST_CONDITIONS", "TENSES", "Batch", "Conversion", "Quad", "batches", "bundled",
+    "encode_sources", "kfold_by_verb", "load_test", "load_train", "make_batch", "make_pairs",
+    "read_conversions", "read_quads", "read_requests", "split_by_verb",
+]  # fmt: skip

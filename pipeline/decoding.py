@@ -1,0 +1,77 @@
+"""Greedy, beam and sampled decoding over any ``step(tokens, state) -> (logits, state)``.
+
+Nothing here knows the model class: a state only needs ``select(index)`` for beam search."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .vocab import EOS, PAD, SOS
+
+Step = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]
+
+
+def greedy(step: Step, state: Any, batch: int, max_length: int, device=None) -> torch.Tensor:
+    """Token ids (B, <= max_length); each row ends at its first EOS, then PAD."""
+    return _run(step, state, batch, max_length, device, lambda logits: logits.argmax(-1))
+
+
+def sample(
+    step: Step, state: Any, batch: int, max_length: int, device=None,
+    temperature: float = 1.0, generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    def pick(logits):
+        probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
+
+    return _run(step, state, batch, max_length, device, pick)
+
+
+def _run(step, state, batch, max_length, device, pick) -> torch.Tensor:
+    tokens = torch.full((batch,), SOS, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    out = []
+    for _ in range(max_length):
+        logits, state = step(tokens, state)
+        tokens = pick(logits).masked_fill(done, PAD)
+        out.append(tokens)
+        done |= tokens == EOS
+        if bool(done.all()):
+            break
+    return torch.stack(out, dim=1)
+
+
+def beam(step: Step, state: Any, batch: int, max_length: int, width: int = 4, device=None) -> torch.Tensor:
+    """The highest log-probability sequence of each row among ``width`` beams, (B, T)."""
+    V = None
+    # Each row's beams sit side by side: row b owns positions b*width .. b*width+width-1.
+    index = torch.arange(batch, device=device).repeat_interleave(width)
+    state = state.select(index)
+    tokens = torch.full((batch * width,), SOS, dtype=torch.long, device=device)
+    scores = torch.full((batch, width), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # start from one live beam per row, not `width` copies of it
+    finished = torch.zeros(batch * width, dtype=torch.bool, device=device)
+    history = torch.zeros(batch * width, 0, dtype=torch.long, device=device)
+    for _ in range(max_length):
+        logits, state = step(tokens, state)
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (B*W, V)
+        V = logp.size(-1)
+        # A finished beam may only extend with PAD, at no cost.
+        frozen = torch.full_like(logp, float("-inf"))
+        frozen[:, PAD] = 0.0
+        logp = torch.where(finished.unsqueeze(1), frozen, logp)
+        total = (scores.view(-1, 1) + logp).view(batch, width * V)
+        scores, flat = total.topk(width, dim=-1)  # (B, W)
+        parent = flat // V + torch.arange(batch, device=device).unsqueeze(1) * width
+        tokens = (flat % V).view(-1)
+        parent = parent.view(-1)
+        history = torch.cat([history[parent], tokens.unsqueeze(1)], dim=1)
+        finished = finished[parent] | (tokens == EOS) | (tokens == PAD)
+        state = state.select(parent)
+        if bool(finished.all()):
+            break
+    best = scores.argmax(dim=-1) + torch.arange(batch, device=device) * width
+    return history[best]

@@ -1,0 +1,189 @@
+"""Use a trained model: convert words, generate verbs, and score it the lab's way."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import decoding
+from .data import Conversion, Quad, encode_sources, load_test, load_train, read_quads
+from .errors import WordError
+from .metrics import distinct_verbs, exact_match, gaussian_score, mean_bleu4, mean_std
+from .model import TenseCVAE
+from .tenses import DIRECTIONS, SP_DIRECTIONS, TENSES, tense_index
+
+CHUNK = 4096  # words decoded at once; bounds memory for bulk conversion
+
+
+def max_word_length(model: TenseCVAE) -> int:
+    """Longest word accepted: room is left for the longest suffix the decoder may add."""
+    return model.config.max_length - 5
+
+
+def check_words(model: TenseCVAE, words: Sequence[str]) -> list[str]:
+    """Words folded to lower case; WordError names the first that cannot be converted."""
+    limit = max_word_length(model)
+    out = []
+    for w in words:
+        folded = model.vocab.check(w)
+        if len(folded) > limit:
+            raise WordError(f"word {w!r} is longer than this model can write ({limit} letters)")
+        out.append(folded)
+    return out
+
+
+def _indices(tenses: str | Sequence[str], n: int) -> list[int]:
+    if isinstance(tenses, str):
+        return [tense_index(tenses)] * n
+    if len(tenses) != n:
+        raise ValueError("give one tense, or one per word")
+    return [tense_index(t) for t in tenses]
+
+
+@torch.no_grad()
+def convert(
+    model: TenseCVAE, words: Sequence[str], src: str | Sequence[str], tgt: str | Sequence[str],
+    *, method: str = "greedy", beam_width: int = 4, sample_z: bool = False,
+    generator: torch.Generator | None = None,
+) -> list[str]:
+    """Convert each word from tense ``src`` to ``tgt`` (one tense, or one per word).
+
+    z is the posterior mean unless ``sample_z``; ``method`` is greedy or beam."""
+    words = check_words(model, words)
+    s, t = _indices(src, len(words)), _indices(tgt, len(words))
+    model.eval()
+    out: list[str] = []
+    for i in range(0, len(words), CHUNK):
+        out += _convert_chunk(model, words[i : i + CHUNK], s[i : i + CHUNK], t[i : i + CHUNK],
+                              method, beam_width, sample_z, generator)  # fmt: skip
+    return out
+
+
+def _convert_chunk(model, words, s, t, method, beam_width, sample_z, generator) -> list[str]:
+    if not words:
+        return []
+    dev = model.device
+    ids, lengths = encode_sources(words, model.vocab)
+    post = model.encode(ids.to(dev), lengths, torch.tensor(s, device=dev))
+    z = model.reparameterize(post.mu, post.logvar, generator) if sample_z else post.mu
+    state = model.init_decoder(z, torch.tensor(t, device=dev), post)
+    return _decode(model, state, len(words), method, beam_width)
+
+
+def _decode(model, state, n, method="greedy", beam_width=4) -> list[str]:
+    limit = model.config.max_length
+    if method == "beam":
+        ids = decoding.beam(model.decode_step, state, n, limit, width=beam_width, device=model.device)
+    elif method == "greedy":
+        ids = decoding.greedy(model.decode_step, state, n, limit, device=model.device)
+    else:
+        raise ValueError(f"unknown decoding method {method!r} (greedy or beam)")
+    return [model.vocab.decode(row) for row in ids.tolist()]
+
+
+@torch.no_grad()
+def decode_latents(model: TenseCVAE, z: torch.Tensor) -> list[Quad]:
+    """The four forms each latent (N, Z) decodes to, with no source word to attend to."""
+    model.eval()
+    n = z.size(0)
+    zz = z.to(model.device).repeat_interleave(4, dim=0)  # (4N, Z): four tenses per z
+    tenses = torch.arange(4, device=model.device).repeat(n)
+    words = _decode(model, model.init_decoder(zz, tenses), 4 * n)
+    return [tuple(words[4 * i : 4 * i + 4]) for i in range(n)]
+
+
+def generate(model: TenseCVAE, n: int = 100, seed: int = 0) -> list[Quad]:
+    """n verbs, each the four forms decoded from one z ~ N(0, I)."""
+    if n < 1:
+        raise ValueError("generate needs n >= 1")
+    g = torch.Generator().manual_seed(seed)
+    return decode_latents(model, torch.randn(n, model.config.latent_size, generator=g))
+
+
+def gaussian(
+    model: TenseCVAE, train: Sequence[Quad] | None = None, draws: int = 20, n: int = 100, seed: int = 0,
+) -> dict[str, Any]:
+    """The lab's Gaussian score over ``draws`` independent draws of ``n`` z: mean, spread,
+    and the distinct training verbs the matching tuples cover."""
+    train = load_train() if train is None else train
+    scores, distinct = [], []
+    for d in range(draws):
+        tuples = generate(model, n, seed=seed * 100_003 + d)
+        scores.append(gaussian_score(tuples, train))
+        distinct.append(distinct_verbs(tuples, train))
+    mean, std = mean_std(scores)
+    return {"mean": mean, "std": std, "draws": draws, "n": n,
+            "distinct_verbs_mean": sum(distinct) / draws}  # fmt: skip
+
+
+def bleu_on(model: TenseCVAE, tests: Sequence[Conversion], samples: int = 0, seed: int = 0) -> dict:
+    """BLEU-4 with the posterior mean as z; with ``samples``, also mean and spread over that
+    many sampled z (each sample scores all conversions)."""
+    refs = [c.target for c in tests]
+    args = ([c.source for c in tests], [c.src for c in tests], [c.tgt for c in tests])
+    hyps = convert(model, *args)
+    result: dict[str, Any] = {"bleu4": mean_bleu4(refs, hyps), "outputs": hyps}
+    if samples:
+        g = torch.Generator().manual_seed(seed)
+        k = len(tests)
+        many = convert(model, [w for _ in range(samples) for w in args[0]],
+                       list(args[1]) * samples, list(args[2]) * samples, sample_z=True, generator=g)
+        values = [mean_bleu4(refs, many[i * k : (i + 1) * k]) for i in range(samples)]
+        mean, std = mean_std(values)
+        result["bleu4_sampled"] = {"mean": mean, "std": std, "samples": samples}
+    return result
+
+
+def exact_by_direction(model: TenseCVAE, quads: Sequence[Quad], method: str = "greedy") -> dict[str, float]:
+    """Exact match of all 12 directed conversions over the quadruples, with ``mean`` (12)
+    and ``sp_mean`` (the six to and from sp)."""
+    jobs = [(q[i], TENSES[i], q[j], TENSES[j], f"{TENSES[i]}->{TENSES[j]}")
+            for q in quads for i in range(4) for j in range(4) if i != j]  # fmt: skip
+    hyps = convert(model, [j[0] for j in jobs], [j[1] for j in jobs], [j[3] for j in jobs], method=method)
+    result = {}
+    for d in DIRECTIONS:
+        rows = [(j[2], h) for j, h in zip(jobs, hyps, strict=True) if j[4] == d]
+        result[d] = exact_match([r for r, _ in rows], [h for _, h in rows])
+    result["mean"] = sum(result[d] for d in DIRECTIONS) / len(DIRECTIONS)
+    result["sp_mean"] = sum(result[d] for d in SP_DIRECTIONS) / len(SP_DIRECTIONS)
+    return result
+
+
+def _exact_on_tests(tests: Sequence[Conversion], hyps: Sequence[str]) -> dict[str, float]:
+    by: dict[str, list[bool]] = {}
+    for c, h in zip(tests, hyps, strict=True):
+        by.setdefault(f"{c.src}->{c.tgt}", []).append(c.target == h)
+    result = {d: sum(v) / len(v) for d, v in sorted(by.items())}
+    result["mean"] = sum(c.target == h for c, h in zip(tests, hyps, strict=True)) / len(tests)
+    return result
+
+
+def evaluate(
+    model: TenseCVAE, *, tests: Sequence[Conversion] | None = None, verbs: str | Path | None = None,
+    bleu_samples: int = 100, gaussian_draws: int = 20, seed: int = 0,
+) -> dict[str, Any]:
+    """All the lab's figures for a model: BLEU-4 (posterior mean, and sampled z), Gaussian
+    score (mean over draws), and exact match per direction on the test conversions, or on
+    all 12 directions of a user's quadruple file ``verbs``."""
+    tests = load_test() if tests is None else tests
+    bleu = bleu_on(model, tests, samples=bleu_samples, seed=seed)
+    result: dict[str, Any] = {
+        "bleu4": bleu["bleu4"],
+        "bleu4_sampled": bleu.get("bleu4_sampled"),
+        "gaussian_score": gaussian(model, draws=gaussian_draws, seed=seed) if gaussian_draws else None,
+        "conversions": [
+            {"source": c.source, "src": c.src, "tgt": c.tgt, "target": c.target, "output": h}
+            for c, h in zip(tests, bleu["outputs"], strict=True)
+        ],
+    }
+    if verbs is not None:
+        quads = read_quads(verbs, model.vocab)
+        result["exact_match"] = exact_by_direction(model, quads)
+        result["exact_match_on"] = {"file": str(verbs), "verbs": len(quads)}
+    else:
+        result["exact_match"] = _exact_on_tests(tests, bleu["outputs"])
+        result["exact_match_on"] = {"file": "test.txt", "conversions": len(tests)}
+    return result

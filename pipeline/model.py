@@ -1,0 +1,153 @@
+"""TenseCVAE: a character-level conditional VAE over verb forms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .config import ModelConfig
+from .vocab import PAD, Vocab
+
+
+@dataclass
+class Posterior:
+    mu: torch.Tensor  # (B, Z)
+    logvar: torch.Tensor  # (B, Z)
+    memory: torch.Tensor  # (B, S, He) encoder states, for attention
+    mask: torch.Tensor  # (B, S) True where a source character stands
+
+
+@dataclass
+class DecoderState:
+    """What decode_step carries between steps; decoding code treats it as opaque except
+    for ``select``, which reorders it for beam search."""
+
+    h: torch.Tensor  # (L=1, B, H)
+    c: torch.Tensor  # (1, B, H)
+    cond: torch.Tensor  # (B, Z + E) z joined with the target tense, fed at each step
+    memory: torch.Tensor | None  # (B, S, He)
+    mask: torch.Tensor | None  # (B, S)
+    use_context: torch.Tensor | None  # (B, 1) 1 where the decoder may attend
+
+    def select(self, index: torch.Tensor) -> DecoderState:
+        def pick(t, dim=0):
+            return None if t is None else t.index_select(dim, index)
+
+        return DecoderState(
+            pick(self.h, 1), pick(self.c, 1), pick(self.cond), pick(self.memory),
+            pick(self.mask), pick(self.use_context),
+        )  # fmt: skip
+
+
+class TenseCVAE(nn.Module):
+    def __init__(self, config: ModelConfig, vocab: Vocab):
+        super().__init__()
+        self.config, self.vocab = config, vocab
+        c = config
+        H, Z, E = c.hidden_size, c.latent_size, c.tense_embedding
+        directions = 2 if c.bidirectional else 1
+        enc_out = H * directions
+        self.chars = nn.Embedding(vocab.size, c.char_embedding, padding_idx=PAD)
+        self.tenses = nn.Embedding(4, E)
+        # The source tense sets the encoder's initial state (the lab joins it to h0).
+        self.enc_init = nn.Linear(E, 2 * H * directions)
+        self.encoder = nn.LSTM(c.char_embedding, H, batch_first=True, bidirectional=c.bidirectional)
+        self.to_mu = nn.Linear(enc_out, Z)
+        self.to_logvar = nn.Linear(enc_out, Z)
+        # The decoder starts from z joined with the target tense.
+        self.dec_init = nn.Linear(Z + E, 2 * H)
+        dec_in = c.char_embedding + (Z + E if c.decoder_input_z else 0)
+        self.decoder = nn.LSTM(dec_in, H, batch_first=True)
+        if c.attention:
+            self.attn_key = nn.Linear(H, enc_out, bias=False)
+            self.combine = nn.Linear(H + enc_out + 1, H)
+        self.out = nn.Linear(H, vocab.size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.out.weight.device
+
+    def encode(self, src: torch.Tensor, src_len: torch.Tensor, src_tense: torch.Tensor) -> Posterior:
+        B = src.size(0)
+        directions = 2 if self.config.bidirectional else 1
+        init = torch.tanh(self.enc_init(self.tenses(src_tense)))  # (B, 2*H*D)
+        h0, c0 = init.view(B, 2, directions, -1).permute(1, 2, 0, 3).contiguous()  # (D, B, H)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.chars(src), src_len.cpu(), batch_first=True, enforce_sorted=False
+        )
+        out, (h, _) = self.encoder(packed, (h0, c0))
+        memory, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
+        final = h.transpose(0, 1).reshape(B, -1)  # (B, H*D)
+        return Posterior(self.to_mu(final), self.to_logvar(final), memory, src != PAD)
+
+    @staticmethod
+    def reparameterize(mu, logvar, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(mu.shape, generator=generator, device="cpu").to(mu.device, mu.dtype)
+        return mu + noise * torch.exp(0.5 * logvar)
+
+    def init_decoder(
+        self, z: torch.Tensor, tgt_tense: torch.Tensor, posterior: Posterior | None = None,
+        use_context: torch.Tensor | None = None,
+    ) -> DecoderState:
+        """The decoder's state before its first step. Without a posterior (generation from
+        noise) or where use_context is 0, the decoder sees z and the tense alone."""
+        cond = torch.cat([z, self.tenses(tgt_tense)], dim=-1)  # (B, Z+E)
+        h0, c0 = torch.tanh(self.dec_init(cond)).chunk(2, dim=-1)
+        memory = mask = flag = None
+        if self.config.attention:
+            B = z.size(0)
+            if posterior is None:
+                memory = z.new_zeros(B, 1, self.attn_key.out_features)
+                mask = torch.ones(B, 1, dtype=torch.bool, device=z.device)
+                flag = z.new_zeros(B, 1)
+            else:
+                memory, mask = posterior.memory, posterior.mask
+                flag = z.new_ones(B, 1) if use_context is None else use_context.to(z.dtype).view(B, 1)
+        return DecoderState(h0.unsqueeze(0).contiguous(), c0.unsqueeze(0).contiguous(), cond,
+                            memory, mask, flag)  # fmt: skip
+
+    def _inputs(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        x = self.chars(tokens)  # (B, T, C)
+        if self.config.decoder_input_z:
+            x = torch.cat([x, cond.unsqueeze(1).expand(-1, x.size(1), -1)], dim=-1)
+        return x
+
+    def _project(self, out: torch.Tensor, state: DecoderState) -> torch.Tensor:
+        """Logits from decoder outputs (B, T, H), attending to the source when allowed."""
+        if not self.config.attention:
+            return self.out(out)
+        scores = torch.einsum("bte,bse->bts", self.attn_key(out), state.memory)
+        scores = scores.masked_fill(~state.mask.unsqueeze(1), float("-inf"))
+        context = torch.einsum("bts,bse->bte", torch.softmax(scores, dim=-1), state.memory)
+        flag = state.use_context.unsqueeze(1)  # (B, 1, 1)
+        context = context * flag
+        mixed = torch.cat([out, context, flag.expand(-1, out.size(1), -1)], dim=-1)
+        return self.out(torch.tanh(self.combine(mixed)))
+
+    def decode(self, tokens: torch.Tensor, state: DecoderState) -> torch.Tensor:
+        """Teacher-forced logits (B, T, V) for input tokens (B, T) starting with <s>."""
+        out, _ = self.decoder(self._inputs(tokens, state.cond), (state.h, state.c))
+        return self._project(out, state)
+
+    def decode_step(self, tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+        """One step: logits (B, V) for the next character after ``tokens`` (B,)."""
+        out, (h, c) = self.decoder(self._inputs(tokens.unsqueeze(1), state.cond), (state.h, state.c))
+        logits = self._project(out, state).squeeze(1)
+        return logits, DecoderState(h, c, state.cond, state.memory, state.mask, state.use_context)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma) || N(0, I)) per latent dimension, (B, Z)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def reconstruction_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over each word's characters, (B,); padding is ignored."""
+    ce = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=PAD, reduction="none")
+    return ce.sum(dim=1)

@@ -1,0 +1,226 @@
+"""train(config, on_epoch=..., should_stop=...): a plain PyTorch loop a worker can drive."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import artifacts
+from .config import Config
+from .data import Batch, Quad, batches, load_test, load_train, make_pairs, split_by_verb
+from .errors import ConfigError, TrainingDiverged
+from .evaluate import bleu_on, exact_by_direction, gaussian
+from .model import TenseCVAE, kl_divergence, reconstruction_loss
+from .schedules import kl_weight, teacher_forcing
+from .vocab import UNK, Vocab
+
+
+@dataclass
+class EpochReport:
+    epoch: int  # 1-based
+    epochs: int
+    figures: dict[str, float]
+    checkpoint: Callable[[], bytes]  # the state to resume from after this epoch
+    checkpoint_due: bool  # config.train.checkpoint_every says save now
+
+
+@dataclass
+class TrainResult:
+    model: TenseCVAE
+    config: Config
+    history: list[dict[str, float]]
+    best_epoch: int
+    seconds: float
+    cancelled: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is available")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_optimizer(model: TenseCVAE, config: Config) -> torch.optim.Optimizer:
+    t = config.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+
+class Trainer:
+    """One run's state: model, optimizer, random generator, step and history."""
+
+    def __init__(self, config: Config, train_quads: Sequence[Quad], device: torch.device):
+        self.config, self.device = config, device
+        t = config.train
+        kept, self.val_quads = split_by_verb(train_quads, t.val_fraction, t.seed)
+        self.pairs = make_pairs(kept, t.pairs)
+        torch.manual_seed(t.seed)  # weight initialisation
+        self.model = TenseCVAE(config.model, Vocab()).to(device)
+        self.optimizer = make_optimizer(self.model, config)
+        self.generator = torch.Generator().manual_seed(t.seed)
+        self.steps_per_epoch = math.ceil(len(self.pairs) / t.batch_size)
+        self.total_steps = self.steps_per_epoch * t.epochs
+        self.epoch, self.step = 0, 0
+        self.history: list[dict[str, float]] = []
+        self.best: dict[str, torch.Tensor] | None = None
+        self.best_epoch, self.best_score = 0, -math.inf
+        self.tests = load_test()
+        self.train_quads = list(train_quads)
+
+    # -- checkpoints ----------------------------------------------------------------
+    def checkpoint(self) -> bytes:
+        state = {"epoch": self.epoch, "step": self.step, "history": self.history,
+                 "best_epoch": self.best_epoch, "best_score": self.best_score,
+                 "config": self.config.to_dict()}  # fmt: skip
+        return artifacts.checkpoint_to_bytes(
+            self.model, self.optimizer, self.generator.get_state(), state, self.best
+        )
+
+    def restore(self, data: bytes) -> None:
+        parts = artifacts.checkpoint_from_bytes(data)
+        self.model.load_state_dict(parts["model"].state_dict())
+        self.optimizer.load_state_dict(parts["optimizer"])
+        self.generator.set_state(parts["rng"])
+        s = parts["state"]
+        self.epoch, self.step, self.history = s["epoch"], s["step"], s["history"]
+        self.best_epoch, self.best_score = s["best_epoch"], s["best_score"]
+        self.best = parts["best"]
+
+    # -- one step -------------------------------------------------------------------
+    def _drop_words(self, tokens: torch.Tensor) -> torch.Tensor:
+        p = self.config.train.word_dropout
+        if p <= 0:
+            return tokens
+        drop = torch.rand(tokens.shape, generator=self.generator).to(tokens.device) < p
+        drop[:, 0] = False  # the start token stays
+        return tokens.masked_fill(drop & (tokens > UNK), UNK)
+
+    def _logits(self, b: Batch, state, tf: float) -> torch.Tensor:
+        inputs = self._drop_words(b.tgt_in)
+        if tf >= 1.0:
+            return self.model.decode(inputs, state)
+        # Scheduled sampling: per word and step, feed the true character with probability tf.
+        coins = torch.rand(inputs.shape, generator=self.generator).to(inputs.device) < tf
+        token, out = inputs[:, 0], []
+        for i in range(inputs.size(1)):
+            logits, state = self.model.decode_step(token, state)
+            out.append(logits)
+            if i + 1 < inputs.size(1):
+                token = torch.where(coins[:, i + 1], inputs[:, i + 1], logits.argmax(-1))
+        return torch.stack(out, dim=1)
+
+    def train_step(self, b: Batch) -> dict[str, float]:
+        t, m = self.config.train, self.model
+        beta = kl_weight(self.step, self.total_steps, schedule=t.kl_schedule, kl_max=t.kl_max,
+                         warmup=t.kl_warmup, cycles=t.kl_cycles, ratio=t.kl_ratio)  # fmt: skip
+        tf = teacher_forcing(self.step, self.total_steps, start=t.tf_start, end=t.tf_end, shape=t.tf_shape)
+        post = m.encode(b.src, b.src_len, b.src_tense)
+        z = m.reparameterize(post.mu, post.logvar, self.generator)
+        use_context = None
+        if m.config.attention:
+            keep = torch.rand(z.size(0), generator=self.generator) >= m.config.context_dropout
+            use_context = keep.to(z.device)
+        state = m.init_decoder(z, b.tgt_tense, post, use_context)
+        recon = reconstruction_loss(self._logits(b, state, tf), b.tgt_out).mean()
+        kl_dims = kl_divergence(post.mu, post.logvar).mean(0)  # (Z,)
+        kl_term = kl_dims.clamp(min=t.free_bits).sum() if t.free_bits > 0 else kl_dims.sum()
+        loss = recon + beta * kl_term
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(m.parameters(), t.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return {"loss": loss.item(), "recon": recon.item(), "kl": kl_dims.sum().item(),
+                "beta": beta, "teacher_forcing": tf}  # fmt: skip
+
+    # -- one epoch ------------------------------------------------------------------
+    def run_epoch(self, should_stop: Callable[[], bool] | None) -> dict[str, float] | None:
+        t = self.config.train
+        self.model.train()
+        sums: dict[str, float] = {}
+        n, start = 0, time.perf_counter()
+        for b in batches(self.pairs, self.model.vocab, t.batch_size, self.generator):
+            if should_stop is not None and should_stop():
+                return None
+            figures = self.train_step(b.to(self.device))
+            for k, v in figures.items():
+                sums[k] = sums.get(k, 0.0) + v * b.src.size(0)
+            n += b.src.size(0)
+        seconds = time.perf_counter() - start
+        self.epoch += 1
+        out = {k: v / n for k, v in sums.items()}
+        out.update(beta=figures["beta"], teacher_forcing=figures["teacher_forcing"],
+                   epoch=self.epoch, seconds=seconds, words_per_s=n / seconds)  # fmt: skip
+        if self.epoch % t.eval_every == 0 or self.epoch == t.epochs:
+            out.update(self.scores())
+            self._select(out)
+        self.history.append(out)
+        return out
+
+    def scores(self) -> dict[str, float]:
+        t, m = self.config.train, self.model
+        out = {"bleu4": bleu_on(m, self.tests)["bleu4"]}
+        if t.eval_gaussian_draws:
+            g = gaussian(m, self.train_quads, draws=t.eval_gaussian_draws, seed=t.seed + self.epoch)
+            out.update(gaussian_score=g["mean"], distinct_verbs=g["distinct_verbs_mean"])
+        if self.val_quads:
+            ex = exact_by_direction(m, self.val_quads)
+            out.update(val_exact=ex["mean"], val_sp_exact=ex["sp_mean"])
+        return out
+
+    def _select(self, figures: dict[str, float]) -> None:
+        key = self.config.train.select
+        if key == "last":
+            self.best_epoch = self.epoch
+            return
+        score = figures[key]
+        if score >= self.best_score:
+            self.best_score, self.best_epoch = score, self.epoch
+            self.best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+
+def train(
+    config: Config,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: bytes | None = None,
+    train_quads: Sequence[Quad] | None = None,
+) -> TrainResult:
+    """Train a TenseCVAE. ``on_epoch`` gets each epoch's figures and a checkpoint callable;
+    ``should_stop`` is asked before every batch; ``resume`` is a checkpoint's bytes."""
+    t = config.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    trainer = Trainer(config, load_train() if train_quads is None else train_quads,
+                      resolve_device(t.device))  # fmt: skip
+    if resume is not None:
+        trainer.restore(resume)
+    start = time.perf_counter()
+    cancelled = False
+    while trainer.epoch < t.epochs:
+        figures = trainer.run_epoch(should_stop)
+        if figures is None:
+            cancelled = True
+            break
+        if on_epoch is not None:
+            due = trainer.epoch % t.checkpoint_every == 0 or trainer.epoch == t.epochs
+            on_epoch(EpochReport(trainer.epoch, t.epochs, figures, trainer.checkpoint, due))
+    if trainer.best is not None and not cancelled:
+        trainer.model.load_state_dict(trainer.best)
+    trainer.model.eval()
+    return TrainResult(trainer.model, config, trainer.history, trainer.best_epoch,
+                       time.perf_counter() - start, cancelled,
+                       {"val_verbs": [q[0] for q in trainer.val_quads]})  # fmt: skip

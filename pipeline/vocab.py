@@ -1,0 +1,68 @@
+"""Characters <-> ids, with padding, start, end and unknown tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+from .errors import WordError
+
+PAD, SOS, EOS, UNK = 0, 1, 2, 3
+SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """The characters a model reads and writes; ids 0-3 are the special tokens."""
+
+    chars: str = LETTERS
+
+    def __post_init__(self) -> None:
+        if len(set(self.chars)) != len(self.chars) or not self.chars:
+            raise ValueError("vocabulary characters must be distinct and non-empty")
+
+    @property
+    def size(self) -> int:
+        return len(SPECIALS) + len(self.chars)
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {c: i + len(SPECIALS) for i, c in enumerate(self.chars)}
+
+    def check(self, word: str) -> str:
+        """The word in lower case, or WordError naming why it cannot be read."""
+        if not isinstance(word, str):
+            raise WordError(f"{word!r} is not a word (it is {type(word).__name__})")
+        folded = word.strip().lower()
+        if not folded:
+            raise WordError("an empty word cannot be converted")
+        bad = sorted({c for c in folded if c not in self.chars})
+        if bad:
+            shown = "".join(bad) if all(c.isprintable() for c in bad) else repr("".join(bad))
+            kind = "a space" if " " in bad else f"characters {shown!r}"
+            raise WordError(
+                f"word {word!r} has {kind} outside the model's alphabet ({self.chars[0]}-"
+                f"{self.chars[-1]})"
+            )
+        return folded
+
+    def encode(self, word: str) -> list[int]:
+        index = self._index
+        return [index[c] for c in self.check(word)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Characters up to the first end token; specials other than the end are dropped."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == EOS:
+                break
+            if i >= len(SPECIALS):
+                out.append(self.chars[i - len(SPECIALS)])
+        return "".join(out)
+
+    @classmethod
+    def from_words(cls, words: Sequence[str]) -> Vocab:
+        return cls("".join(sorted({c for w in words for c in w})))
