@@ -78,11 +78,15 @@ def _load_weights(model: TenseCVAE, tensors: dict[str, torch.Tensor], what: str)
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
-        raise ModelLoadError(f"{what}: weights do not fit the config (missing {missing[:3]}, extra {extra[:3]})")
+        raise ModelLoadError(
+            f"{what}: weights do not fit the config (missing {missing[:3]}, extra {extra[:3]})"
+        )
     for k, v in tensors.items():
         if v.shape != expected[k].shape:
-            raise ModelLoadError(f"{what}: {k} has shape {tuple(v.shape)}, the config needs "
-                                 f"{tuple(expected[k].shape)} (vocabulary or size mismatch)")  # fmt: skip
+            raise ModelLoadError(
+                f"{what}: {k} has shape {tuple(v.shape)}, the config needs "
+                f"{tuple(expected[k].shape)} (vocabulary or size mismatch)"
+            )
         if not torch.isfinite(v).all():
             raise ModelLoadError(f"{what}: {k} holds NaN or infinite values")
     model.load_state_dict(tensors)
@@ -151,8 +155,12 @@ def load_pretrained(device: str | torch.device = "cpu") -> TenseCVAE:
 
 # Checkpoints: model weights, optimizer state, random state and history, to resume from.
 
+
 def checkpoint_to_bytes(
-    model: TenseCVAE, optimizer: torch.optim.Optimizer, rng: torch.Tensor, state: dict[str, Any],
+    model: TenseCVAE,
+    optimizer: torch.optim.Optimizer,
+    rng: torch.Tensor,
+    state: dict[str, Any],
     best: dict[str, torch.Tensor] | None = None,
 ) -> bytes:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -165,6 +173,7 @@ def checkpoint_to_bytes(
             else:
                 scalars.setdefault(str(pid), {})[key] = value
     tensors["rng"] = rng
+    tensors["torch_rng"] = torch.get_rng_state()  # dropout draws from torch's global generator
     for k, v in (best or {}).items():
         tensors[f"best.{k}"] = v
     meta = {
@@ -200,6 +209,7 @@ def checkpoint_from_bytes(data: bytes) -> dict[str, Any]:
         "model": model,
         "optimizer": {"state": slots, "param_groups": meta["param_groups"]},
         "rng": tensors["rng"],
+        "torch_rng": tensors.get("torch_rng"),
         "state": meta["state"],
         "best": {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None,
     }

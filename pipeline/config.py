@@ -21,7 +21,12 @@ class ModelConfig:
     attention: bool = False  # decoder attends to the encoder's character states
     context_dropout: float = 0.0  # share of training words whose decoder gets no attention
     decoder_input_z: bool = False  # z and the target tense join every decoder input
+    # In training, a word whose decoder attends gets z drawn from the prior instead of its
+    # posterior: the attending path must then spell from the source characters (and so
+    # generalise to new verbs), while the path without attention must spell from z alone.
+    context_prior_z: bool = False
     max_length: int = 30  # most characters the decoder writes for one word
+    dropout: float = 0.0  # on character embeddings and LSTM outputs, in training only
 
 
 @dataclass(frozen=True)
@@ -128,29 +133,49 @@ def from_dict(data: dict[str, Any]) -> Config:
 def validate(cfg: Config) -> None:
     m, t = cfg.model, cfg.train
     checks = [
-        (m.hidden_size > 0 and m.latent_size > 0 and m.tense_embedding > 0, "model sizes must be positive"),
+        (
+            m.hidden_size > 0 and m.latent_size > 0 and m.tense_embedding > 0,
+            "model sizes must be positive",
+        ),
         (m.char_embedding > 0, "model.char_embedding must be positive"),
         (0.0 <= m.context_dropout <= 1.0, "model.context_dropout must lie in [0, 1]"),
         (m.max_length >= 2, "model.max_length must be at least 2"),
+        (0.0 <= m.dropout < 1.0, "model.dropout must lie in [0, 1)"),
         (t.epochs >= 1 and t.batch_size >= 1, "train.epochs and train.batch_size must be >= 1"),
         (t.pairs in ("same", "cross", "all"), "train.pairs must be same, cross or all"),
         (t.optimizer in ("adam", "adamw", "sgd"), "train.optimizer must be adam, adamw or sgd"),
         (t.lr > 0, "train.lr must be positive"),
-        (t.kl_schedule in ("constant", "monotonic", "cyclical"),
-         "train.kl_schedule must be constant, monotonic or cyclical"),
+        (
+            t.kl_schedule in ("constant", "monotonic", "cyclical"),
+            "train.kl_schedule must be constant, monotonic or cyclical",
+        ),
         (t.kl_cycles >= 1 and 0 < t.kl_ratio <= 1, "train.kl_cycles >= 1 and 0 < kl_ratio <= 1"),
         (0 <= t.kl_warmup <= 1, "train.kl_warmup must lie in [0, 1]"),
-        (t.tf_shape in ("constant", "linear", "cosine", "step"),
-         "train.tf_shape must be constant, linear, cosine or step"),
+        (
+            t.tf_shape in ("constant", "linear", "cosine", "step"),
+            "train.tf_shape must be constant, linear, cosine or step",
+        ),
         (0 <= t.tf_start <= 1 and 0 <= t.tf_end <= 1, "teacher-forcing ratios must lie in [0, 1]"),
         (0 <= t.word_dropout < 1, "train.word_dropout must lie in [0, 1)"),
         (0 <= t.val_fraction < 1, "train.val_fraction must lie in [0, 1)"),
-        (t.select in ("last", "val_exact", "bleu4"), "train.select must be last, val_exact or bleu4"),
-        (t.select != "val_exact" or t.val_fraction > 0, "train.select=val_exact needs val_fraction > 0"),
+        (
+            t.select in ("last", "val_exact", "bleu4"),
+            "train.select must be last, val_exact or bleu4",
+        ),
+        (
+            t.select != "val_exact" or t.val_fraction > 0,
+            "train.select=val_exact needs val_fraction > 0",
+        ),
         (t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
-        (t.eval_every >= 1 and t.checkpoint_every >= 1, "eval_every and checkpoint_every must be >= 1"),
-        (t.free_bits >= 0 and t.kl_max >= 0 and t.grad_clip >= 0, "free_bits, kl_max, grad_clip >= 0"),
-    ]  # fmt: skip
+        (
+            t.eval_every >= 1 and t.checkpoint_every >= 1,
+            "eval_every and checkpoint_every must be >= 1",
+        ),
+        (
+            t.free_bits >= 0 and t.kl_max >= 0 and t.grad_clip >= 0,
+            "free_bits, kl_max, grad_clip >= 0",
+        ),
+    ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

@@ -20,8 +20,13 @@ def greedy(step: Step, state: Any, batch: int, max_length: int, device=None) -> 
 
 
 def sample(
-    step: Step, state: Any, batch: int, max_length: int, device=None,
-    temperature: float = 1.0, generator: torch.Generator | None = None,
+    step: Step,
+    state: Any,
+    batch: int,
+    max_length: int,
+    device=None,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     def pick(logits):
         probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
@@ -44,7 +49,9 @@ def _run(step, state, batch, max_length, device, pick) -> torch.Tensor:
     return torch.stack(out, dim=1)
 
 
-def beam(step: Step, state: Any, batch: int, max_length: int, width: int = 4, device=None) -> torch.Tensor:
+def beam(
+    step: Step, state: Any, batch: int, max_length: int, width: int = 4, device=None
+) -> torch.Tensor:
     """The highest log-probability sequence of each row among ``width`` beams, (B, T)."""
     V = None
     # Each row's beams sit side by side: row b owns positions b*width .. b*width+width-1.

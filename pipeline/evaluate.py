@@ -45,8 +45,14 @@ def _indices(tenses: str | Sequence[str], n: int) -> list[int]:
 
 @torch.no_grad()
 def convert(
-    model: TenseCVAE, words: Sequence[str], src: str | Sequence[str], tgt: str | Sequence[str],
-    *, method: str = "greedy", beam_width: int = 4, sample_z: bool = False,
+    model: TenseCVAE,
+    words: Sequence[str],
+    src: str | Sequence[str],
+    tgt: str | Sequence[str],
+    *,
+    method: str = "greedy",
+    beam_width: int = 4,
+    sample_z: bool = False,
     generator: torch.Generator | None = None,
 ) -> list[str]:
     """Convert each word from tense ``src`` to ``tgt`` (one tense, or one per word).
@@ -57,8 +63,16 @@ def convert(
     model.eval()
     out: list[str] = []
     for i in range(0, len(words), CHUNK):
-        out += _convert_chunk(model, words[i : i + CHUNK], s[i : i + CHUNK], t[i : i + CHUNK],
-                              method, beam_width, sample_z, generator)  # fmt: skip
+        out += _convert_chunk(
+            model,
+            words[i : i + CHUNK],
+            s[i : i + CHUNK],
+            t[i : i + CHUNK],
+            method,
+            beam_width,
+            sample_z,
+            generator,
+        )
     return out
 
 
@@ -76,7 +90,9 @@ def _convert_chunk(model, words, s, t, method, beam_width, sample_z, generator) 
 def _decode(model, state, n, method="greedy", beam_width=4) -> list[str]:
     limit = model.config.max_length
     if method == "beam":
-        ids = decoding.beam(model.decode_step, state, n, limit, width=beam_width, device=model.device)
+        ids = decoding.beam(
+            model.decode_step, state, n, limit, width=beam_width, device=model.device
+        )
     elif method == "greedy":
         ids = decoding.greedy(model.decode_step, state, n, limit, device=model.device)
     else:
@@ -104,7 +120,11 @@ def generate(model: TenseCVAE, n: int = 100, seed: int = 0) -> list[Quad]:
 
 
 def gaussian(
-    model: TenseCVAE, train: Sequence[Quad] | None = None, draws: int = 20, n: int = 100, seed: int = 0,
+    model: TenseCVAE,
+    train: Sequence[Quad] | None = None,
+    draws: int = 20,
+    n: int = 100,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """The lab's Gaussian score over ``draws`` independent draws of ``n`` z: mean, spread,
     and the distinct training verbs the matching tuples cover."""
@@ -115,8 +135,13 @@ def gaussian(
         scores.append(gaussian_score(tuples, train))
         distinct.append(distinct_verbs(tuples, train))
     mean, std = mean_std(scores)
-    return {"mean": mean, "std": std, "draws": draws, "n": n,
-            "distinct_verbs_mean": sum(distinct) / draws}  # fmt: skip
+    return {
+        "mean": mean,
+        "std": std,
+        "draws": draws,
+        "n": n,
+        "distinct_verbs_mean": sum(distinct) / draws,
+    }
 
 
 def bleu_on(model: TenseCVAE, tests: Sequence[Conversion], samples: int = 0, seed: int = 0) -> dict:
@@ -129,20 +154,35 @@ def bleu_on(model: TenseCVAE, tests: Sequence[Conversion], samples: int = 0, see
     if samples:
         g = torch.Generator().manual_seed(seed)
         k = len(tests)
-        many = convert(model, [w for _ in range(samples) for w in args[0]],
-                       list(args[1]) * samples, list(args[2]) * samples, sample_z=True, generator=g)
+        many = convert(
+            model,
+            [w for _ in range(samples) for w in args[0]],
+            list(args[1]) * samples,
+            list(args[2]) * samples,
+            sample_z=True,
+            generator=g,
+        )
         values = [mean_bleu4(refs, many[i * k : (i + 1) * k]) for i in range(samples)]
         mean, std = mean_std(values)
         result["bleu4_sampled"] = {"mean": mean, "std": std, "samples": samples}
     return result
 
 
-def exact_by_direction(model: TenseCVAE, quads: Sequence[Quad], method: str = "greedy") -> dict[str, float]:
+def exact_by_direction(
+    model: TenseCVAE, quads: Sequence[Quad], method: str = "greedy"
+) -> dict[str, float]:
     """Exact match of all 12 directed conversions over the quadruples, with ``mean`` (12)
     and ``sp_mean`` (the six to and from sp)."""
-    jobs = [(q[i], TENSES[i], q[j], TENSES[j], f"{TENSES[i]}->{TENSES[j]}")
-            for q in quads for i in range(4) for j in range(4) if i != j]  # fmt: skip
-    hyps = convert(model, [j[0] for j in jobs], [j[1] for j in jobs], [j[3] for j in jobs], method=method)
+    jobs = [
+        (q[i], TENSES[i], q[j], TENSES[j], f"{TENSES[i]}->{TENSES[j]}")
+        for q in quads
+        for i in range(4)
+        for j in range(4)
+        if i != j
+    ]
+    hyps = convert(
+        model, [j[0] for j in jobs], [j[1] for j in jobs], [j[3] for j in jobs], method=method
+    )
     result = {}
     for d in DIRECTIONS:
         rows = [(j[2], h) for j, h in zip(jobs, hyps, strict=True) if j[4] == d]
@@ -162,27 +202,38 @@ def _exact_on_tests(tests: Sequence[Conversion], hyps: Sequence[str]) -> dict[st
 
 
 def evaluate(
-    model: TenseCVAE, *, tests: Sequence[Conversion] | None = None, verbs: str | Path | None = None,
-    bleu_samples: int = 100, gaussian_draws: int = 20, seed: int = 0,
+    model: TenseCVAE,
+    *,
+    tests: Sequence[Conversion] | None = None,
+    verbs: str | Path | Sequence[Quad] | None = None,
+    verbs_name: str | None = None,
+    bleu_samples: int = 100,
+    gaussian_draws: int = 20,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """All the lab's figures for a model: BLEU-4 (posterior mean, and sampled z), Gaussian
     score (mean over draws), and exact match per direction on the test conversions, or on
-    all 12 directions of a user's quadruple file ``verbs``."""
+    all 12 directions of a user's quadruple file ``verbs`` (a path, or its quadruples)."""
     tests = load_test() if tests is None else tests
     bleu = bleu_on(model, tests, samples=bleu_samples, seed=seed)
     result: dict[str, Any] = {
         "bleu4": bleu["bleu4"],
         "bleu4_sampled": bleu.get("bleu4_sampled"),
-        "gaussian_score": gaussian(model, draws=gaussian_draws, seed=seed) if gaussian_draws else None,
+        "gaussian_score": gaussian(model, draws=gaussian_draws, seed=seed)
+        if gaussian_draws
+        else None,
         "conversions": [
             {"source": c.source, "src": c.src, "tgt": c.tgt, "target": c.target, "output": h}
             for c, h in zip(tests, bleu["outputs"], strict=True)
         ],
     }
     if verbs is not None:
-        quads = read_quads(verbs, model.vocab)
+        is_path = isinstance(verbs, str | Path)
+        quads = read_quads(verbs, model.vocab) if is_path else [tuple(q) for q in verbs]
+        check_words(model, [w for q in quads for w in q])
         result["exact_match"] = exact_by_direction(model, quads)
-        result["exact_match_on"] = {"file": str(verbs), "verbs": len(quads)}
+        name = verbs_name or (str(verbs) if is_path else "verbs")
+        result["exact_match_on"] = {"file": name, "verbs": len(quads)}
     else:
         result["exact_match"] = _exact_on_tests(tests, bleu["outputs"])
         result["exact_match_on"] = {"file": "test.txt", "conversions": len(tests)}

@@ -14,10 +14,12 @@ def bleu4(reference: str, hypothesis: str) -> float:
     weights = (0.33, 0.33, 0.33) if len(reference) == 3 else (0.25, 0.25, 0.25, 0.25)
     return float(
         sentence_bleu(
-            [list(reference)], list(hypothesis), weights=weights,
+            [list(reference)],
+            list(hypothesis),
+            weights=weights,
             smoothing_function=SmoothingFunction().method1,
         )
-    )  # fmt: skip
+    )
 
 
 def mean_bleu4(references: Sequence[str], hypotheses: Sequence[str]) -> float:

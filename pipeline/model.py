@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -31,15 +31,21 @@ class DecoderState:
     memory: torch.Tensor | None  # (B, S, He)
     mask: torch.Tensor | None  # (B, S)
     use_context: torch.Tensor | None  # (B, 1) 1 where the decoder may attend
+    feed: torch.Tensor | None = None  # (B, H) last attentional output, fed to the next step
 
     def select(self, index: torch.Tensor) -> DecoderState:
         def pick(t, dim=0):
             return None if t is None else t.index_select(dim, index)
 
         return DecoderState(
-            pick(self.h, 1), pick(self.c, 1), pick(self.cond), pick(self.memory),
-            pick(self.mask), pick(self.use_context),
-        )  # fmt: skip
+            pick(self.h, 1),
+            pick(self.c, 1),
+            pick(self.cond),
+            pick(self.memory),
+            pick(self.mask),
+            pick(self.use_context),
+            pick(self.feed),
+        )
 
 
 class TenseCVAE(nn.Module):
@@ -59,27 +65,35 @@ class TenseCVAE(nn.Module):
         self.to_logvar = nn.Linear(enc_out, Z)
         # The decoder starts from z joined with the target tense.
         self.dec_init = nn.Linear(Z + E, 2 * H)
-        dec_in = c.char_embedding + (Z + E if c.decoder_input_z else 0)
+        # With attention the decoder is fed its previous attentional output (input feeding),
+        # so it knows where in the source it has read up to.
+        dec_in = c.char_embedding + (Z + E if c.decoder_input_z else 0) + (H if c.attention else 0)
         self.decoder = nn.LSTM(dec_in, H, batch_first=True)
         if c.attention:
             self.attn_key = nn.Linear(H, enc_out, bias=False)
             self.combine = nn.Linear(H + enc_out + 1, H)
         self.out = nn.Linear(H, vocab.size)
+        self.drop = nn.Dropout(c.dropout)
 
     @property
     def device(self) -> torch.device:
         return self.out.weight.device
 
-    def encode(self, src: torch.Tensor, src_len: torch.Tensor, src_tense: torch.Tensor) -> Posterior:
+    def encode(
+        self, src: torch.Tensor, src_len: torch.Tensor, src_tense: torch.Tensor
+    ) -> Posterior:
         B = src.size(0)
         directions = 2 if self.config.bidirectional else 1
         init = torch.tanh(self.enc_init(self.tenses(src_tense)))  # (B, 2*H*D)
         h0, c0 = init.view(B, 2, directions, -1).permute(1, 2, 0, 3).contiguous()  # (D, B, H)
         packed = nn.utils.rnn.pack_padded_sequence(
-            self.chars(src), src_len.cpu(), batch_first=True, enforce_sorted=False
+            self.drop(self.chars(src)), src_len.cpu(), batch_first=True, enforce_sorted=False
         )
         out, (h, _) = self.encoder(packed, (h0, c0))
-        memory, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
+        memory, _ = nn.utils.rnn.pad_packed_sequence(
+            out, batch_first=True, total_length=src.size(1)
+        )
+        memory = self.drop(memory)
         final = h.transpose(0, 1).reshape(B, -1)  # (B, H*D)
         return Posterior(self.to_mu(final), self.to_logvar(final), memory, src != PAD)
 
@@ -89,15 +103,19 @@ class TenseCVAE(nn.Module):
         return mu + noise * torch.exp(0.5 * logvar)
 
     def init_decoder(
-        self, z: torch.Tensor, tgt_tense: torch.Tensor, posterior: Posterior | None = None,
+        self,
+        z: torch.Tensor,
+        tgt_tense: torch.Tensor,
+        posterior: Posterior | None = None,
         use_context: torch.Tensor | None = None,
     ) -> DecoderState:
         """The decoder's state before its first step. Without a posterior (generation from
         noise) or where use_context is 0, the decoder sees z and the tense alone."""
         cond = torch.cat([z, self.tenses(tgt_tense)], dim=-1)  # (B, Z+E)
         h0, c0 = torch.tanh(self.dec_init(cond)).chunk(2, dim=-1)
-        memory = mask = flag = None
+        memory = mask = flag = feed = None
         if self.config.attention:
+            feed = z.new_zeros(z.size(0), self.config.hidden_size)
             B = z.size(0)
             if posterior is None:
                 memory = z.new_zeros(B, 1, self.attn_key.out_features)
@@ -105,38 +123,57 @@ class TenseCVAE(nn.Module):
                 flag = z.new_zeros(B, 1)
             else:
                 memory, mask = posterior.memory, posterior.mask
-                flag = z.new_ones(B, 1) if use_context is None else use_context.to(z.dtype).view(B, 1)
-        return DecoderState(h0.unsqueeze(0).contiguous(), c0.unsqueeze(0).contiguous(), cond,
-                            memory, mask, flag)  # fmt: skip
+                flag = (
+                    z.new_ones(B, 1) if use_context is None else use_context.to(z.dtype).view(B, 1)
+                )
+        return DecoderState(
+            h0.unsqueeze(0).contiguous(),
+            c0.unsqueeze(0).contiguous(),
+            cond,
+            memory,
+            mask,
+            flag,
+            feed,
+        )
 
     def _inputs(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        x = self.chars(tokens)  # (B, T, C)
+        x = self.drop(self.chars(tokens))  # (B, T, C)
         if self.config.decoder_input_z:
             x = torch.cat([x, cond.unsqueeze(1).expand(-1, x.size(1), -1)], dim=-1)
         return x
 
-    def _project(self, out: torch.Tensor, state: DecoderState) -> torch.Tensor:
-        """Logits from decoder outputs (B, T, H), attending to the source when allowed."""
-        if not self.config.attention:
-            return self.out(out)
-        scores = torch.einsum("bte,bse->bts", self.attn_key(out), state.memory)
-        scores = scores.masked_fill(~state.mask.unsqueeze(1), float("-inf"))
-        context = torch.einsum("bts,bse->bte", torch.softmax(scores, dim=-1), state.memory)
-        flag = state.use_context.unsqueeze(1)  # (B, 1, 1)
-        context = context * flag
-        mixed = torch.cat([out, context, flag.expand(-1, out.size(1), -1)], dim=-1)
-        return self.out(torch.tanh(self.combine(mixed)))
+    def _attend(self, out: torch.Tensor, state: DecoderState) -> torch.Tensor:
+        """The attentional output (B, H) for one decoder output (B, H); the context is
+        zeroed, and flagged so, where the decoder may not attend."""
+        scores = torch.einsum("be,bse->bs", self.attn_key(out), state.memory)
+        scores = scores.masked_fill(~state.mask, float("-inf"))
+        context = torch.einsum("bs,bse->be", torch.softmax(scores, dim=-1), state.memory)
+        flag = state.use_context  # (B, 1)
+        return torch.tanh(self.combine(torch.cat([out, context * flag, flag], dim=-1)))
 
     def decode(self, tokens: torch.Tensor, state: DecoderState) -> torch.Tensor:
         """Teacher-forced logits (B, T, V) for input tokens (B, T) starting with <s>."""
+        if self.config.attention:  # input feeding makes each step wait for the last
+            steps = []
+            for t in range(tokens.size(1)):
+                logits, state = self.decode_step(tokens[:, t], state)
+                steps.append(logits)
+            return torch.stack(steps, dim=1)
         out, _ = self.decoder(self._inputs(tokens, state.cond), (state.h, state.c))
-        return self._project(out, state)
+        return self.out(self.drop(out))
 
-    def decode_step(self, tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+    def decode_step(
+        self, tokens: torch.Tensor, state: DecoderState
+    ) -> tuple[torch.Tensor, DecoderState]:
         """One step: logits (B, V) for the next character after ``tokens`` (B,)."""
-        out, (h, c) = self.decoder(self._inputs(tokens.unsqueeze(1), state.cond), (state.h, state.c))
-        logits = self._project(out, state).squeeze(1)
-        return logits, DecoderState(h, c, state.cond, state.memory, state.mask, state.use_context)
+        x = self._inputs(tokens.unsqueeze(1), state.cond)  # (B, 1, In)
+        if not self.config.attention:
+            out, (h, c) = self.decoder(x, (state.h, state.c))
+            return self.out(self.drop(out[:, 0])), replace(state, h=h, c=c)
+        x = torch.cat([x, state.feed.unsqueeze(1)], dim=-1)
+        out, (h, c) = self.decoder(x, (state.h, state.c))
+        feed = self._attend(self.drop(out[:, 0]), state)
+        return self.out(self.drop(feed)), replace(state, h=h, c=c, feed=feed)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

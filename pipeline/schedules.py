@@ -6,8 +6,14 @@ import math
 
 
 def kl_weight(
-    step: int, total_steps: int, *, schedule: str, kl_max: float = 1.0,
-    warmup: float = 0.3, cycles: int = 4, ratio: float = 0.5,
+    step: int,
+    total_steps: int,
+    *,
+    schedule: str,
+    kl_max: float = 1.0,
+    warmup: float = 0.3,
+    cycles: int = 4,
+    ratio: float = 0.5,
 ) -> float:
     """beta at ``step`` (0-based) of ``total_steps``.
 

@@ -12,7 +12,16 @@ import torch
 
 from . import artifacts
 from .config import Config
-from .data import Batch, Quad, batches, load_test, load_train, make_pairs, split_by_verb
+from .data import (
+    Batch,
+    Quad,
+    batches,
+    load_test,
+    load_train,
+    make_pairs,
+    split_by_verb,
+    test_words,
+)
 from .errors import ConfigError, TrainingDiverged
 from .evaluate import bleu_on, exact_by_direction, gaussian
 from .model import TenseCVAE, kl_divergence, reconstruction_loss
@@ -62,7 +71,7 @@ class Trainer:
     def __init__(self, config: Config, train_quads: Sequence[Quad], device: torch.device):
         self.config, self.device = config, device
         t = config.train
-        kept, self.val_quads = split_by_verb(train_quads, t.val_fraction, t.seed)
+        kept, self.val_quads = split_by_verb(train_quads, t.val_fraction, t.seed, test_words())
         self.pairs = make_pairs(kept, t.pairs)
         torch.manual_seed(t.seed)  # weight initialisation
         self.model = TenseCVAE(config.model, Vocab()).to(device)
@@ -79,9 +88,14 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------
     def checkpoint(self) -> bytes:
-        state = {"epoch": self.epoch, "step": self.step, "history": self.history,
-                 "best_epoch": self.best_epoch, "best_score": self.best_score,
-                 "config": self.config.to_dict()}  # fmt: skip
+        state = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "best_score": self.best_score,
+            "config": self.config.to_dict(),
+        }
         return artifacts.checkpoint_to_bytes(
             self.model, self.optimizer, self.generator.get_state(), state, self.best
         )
@@ -91,6 +105,8 @@ class Trainer:
         self.model.load_state_dict(parts["model"].state_dict())
         self.optimizer.load_state_dict(parts["optimizer"])
         self.generator.set_state(parts["rng"])
+        if parts["torch_rng"] is not None:
+            torch.set_rng_state(parts["torch_rng"])
         s = parts["state"]
         self.epoch, self.step, self.history = s["epoch"], s["step"], s["history"]
         self.best_epoch, self.best_score = s["best_epoch"], s["best_score"]
@@ -121,30 +137,49 @@ class Trainer:
 
     def train_step(self, b: Batch) -> dict[str, float]:
         t, m = self.config.train, self.model
-        beta = kl_weight(self.step, self.total_steps, schedule=t.kl_schedule, kl_max=t.kl_max,
-                         warmup=t.kl_warmup, cycles=t.kl_cycles, ratio=t.kl_ratio)  # fmt: skip
-        tf = teacher_forcing(self.step, self.total_steps, start=t.tf_start, end=t.tf_end, shape=t.tf_shape)
+        beta = kl_weight(
+            self.step,
+            self.total_steps,
+            schedule=t.kl_schedule,
+            kl_max=t.kl_max,
+            warmup=t.kl_warmup,
+            cycles=t.kl_cycles,
+            ratio=t.kl_ratio,
+        )
+        tf = teacher_forcing(
+            self.step, self.total_steps, start=t.tf_start, end=t.tf_end, shape=t.tf_shape
+        )
         post = m.encode(b.src, b.src_len, b.src_tense)
         z = m.reparameterize(post.mu, post.logvar, self.generator)
         use_context = None
         if m.config.attention:
             keep = torch.rand(z.size(0), generator=self.generator) >= m.config.context_dropout
             use_context = keep.to(z.device)
+            if m.config.context_prior_z:
+                noise = torch.randn(z.shape, generator=self.generator).to(z.device)
+                z = torch.where(use_context.unsqueeze(1), noise, z)
         state = m.init_decoder(z, b.tgt_tense, post, use_context)
         recon = reconstruction_loss(self._logits(b, state, tf), b.tgt_out).mean()
         kl_dims = kl_divergence(post.mu, post.logvar).mean(0)  # (Z,)
         kl_term = kl_dims.clamp(min=t.free_bits).sum() if t.free_bits > 0 else kl_dims.sum()
         loss = recon + beta * kl_term
         if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step}")
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step}"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(m.parameters(), t.grad_clip)
         self.optimizer.step()
         self.step += 1
-        return {"loss": loss.item(), "recon": recon.item(), "kl": kl_dims.sum().item(),
-                "beta": beta, "teacher_forcing": tf}  # fmt: skip
+        return {
+            "loss": loss.item(),
+            "recon": recon.item(),
+            "kl": kl_dims.sum().item(),
+            "beta": beta,
+            "teacher_forcing": tf,
+        }
 
     # -- one epoch ------------------------------------------------------------------
     def run_epoch(self, should_stop: Callable[[], bool] | None) -> dict[str, float] | None:
@@ -162,8 +197,13 @@ class Trainer:
         seconds = time.perf_counter() - start
         self.epoch += 1
         out = {k: v / n for k, v in sums.items()}
-        out.update(beta=figures["beta"], teacher_forcing=figures["teacher_forcing"],
-                   epoch=self.epoch, seconds=seconds, words_per_s=n / seconds)  # fmt: skip
+        out.update(
+            beta=figures["beta"],
+            teacher_forcing=figures["teacher_forcing"],
+            epoch=self.epoch,
+            seconds=seconds,
+            words_per_s=n / seconds,
+        )
         if self.epoch % t.eval_every == 0 or self.epoch == t.epochs:
             out.update(self.scores())
             self._select(out)
@@ -204,8 +244,9 @@ def train(
     t = config.train
     if t.threads:
         torch.set_num_threads(t.threads)
-    trainer = Trainer(config, load_train() if train_quads is None else train_quads,
-                      resolve_device(t.device))  # fmt: skip
+    trainer = Trainer(
+        config, load_train() if train_quads is None else train_quads, resolve_device(t.device)
+    )
     if resume is not None:
         trainer.restore(resume)
     start = time.perf_counter()
@@ -221,6 +262,12 @@ def train(
     if trainer.best is not None and not cancelled:
         trainer.model.load_state_dict(trainer.best)
     trainer.model.eval()
-    return TrainResult(trainer.model, config, trainer.history, trainer.best_epoch,
-                       time.perf_counter() - start, cancelled,
-                       {"val_verbs": [q[0] for q in trainer.val_quads]})  # fmt: skip
+    return TrainResult(
+        trainer.model,
+        config,
+        trainer.history,
+        trainer.best_epoch,
+        time.perf_counter() - start,
+        cancelled,
+        {"val_verbs": [q[0] for q in trainer.val_quads]},
+    )

@@ -1,0 +1,177 @@
+"""The tensevae command as a user meets it: bad input is one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tv(*args, home, check=None, env=None):
+    e = {**os.environ, "TENSEVAE_HOME": str(home), "OMP_NUM_THREADS": "1", **(env or {})}
+    e.pop("TENSEVAE_DATABASE_URL", None) if not env or "TENSEVAE_DATABASE_URL" not in env else None
+    e.pop("TENSEVAE_BROKER_URL", None) if not env or "TENSEVAE_BROKER_URL" not in env else None
+    p = subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args],
+        capture_output=True,
+        text=True,
+        env=e,
+        cwd=ROOT,
+        timeout=300,
+    )
+    if check is not None:
+        assert p.returncode == check, (p.stdout, p.stderr)
+    return p
+
+
+def one_line_error(p):
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    return lines[0]
+
+
+def test_one_off_conversion_with_the_shipped_model(tmp_path):
+    p = tv(
+        "convert",
+        "abandon",
+        "Walk",
+        "--from",
+        "sp",
+        "--to",
+        "past",
+        "--json",
+        home=tmp_path,
+        check=0,
+    )
+    out = json.loads(p.stdout)
+    assert out[0]["output"] == "abandoned"
+    assert out[1]["word"] == "Walk" and out[1]["to"] == "p"
+
+
+def test_one_off_conversion_imports_no_job_system():
+    code = (
+        "import sys; from workers.cli import main; main(['convert', 'walk', '--from', 'sp', "
+        "'--to', 'p']); bad = [m for m in ('celery', 'sqlalchemy', 'kombu', 'redis', 'alembic', "
+        "'matplotlib') if m in sys.modules]; print('IMPORTED', bad)"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert "IMPORTED []" in p.stdout, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["convert", "ab1", "--from", "sp", "--to", "p"], "'ab1'"),
+        (["convert", "re-do", "--from", "sp", "--to", "p"], "'-'"),
+        (["convert", "walk", "--from", "sp", "--to", "future"], "unknown tense 'future'"),
+        (["convert", "", "--from", "sp", "--to", "p"], "empty word"),
+        (["convert", "a" * 60, "--from", "sp", "--to", "p"], "longer than"),
+        (
+            ["convert", "walk", "--from", "sp", "--to", "p", "--model", "/nonexistent"],
+            "no such model folder",
+        ),
+        (["convert", "walk"], "--from and --to"),
+        (["train", "--config", "/nonexistent.yaml"], "no such config"),
+        (["train", "--set", "train.epochs=many"], "expected int"),
+        (["jobs", "424242"], "no job 424242"),
+        (["cancel", "424242"], "no job 424242"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
+    line = one_line_error(tv(*args, home=tmp_path))
+    assert line.startswith("tensevae: ") and needle in line
+
+
+def test_bad_bulk_files(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert "empty" in one_line_error(tv("convert", "--input", str(empty), home=tmp_path))
+    bad = tmp_path / "bad.txt"
+    bad.write_text("walk sp p\nwalk sp\n")
+    assert f"{bad}:2:" in one_line_error(tv("convert", "--input", str(bad), home=tmp_path))
+    assert "no such file" in one_line_error(
+        tv("convert", "--input", str(tmp_path / "no.txt"), home=tmp_path)
+    )
+    assert "is a directory" in one_line_error(
+        tv("evaluate", "--verbs", str(tmp_path), home=tmp_path)
+    )
+
+
+def test_unreachable_database_is_one_line(tmp_path):
+    env = {"TENSEVAE_DATABASE_URL": "postgresql://someone:s3cret@127.0.0.1:1/nowhere"}
+    line = one_line_error(tv("jobs", home=tmp_path, env=env))
+    assert "unreachable" in line and "s3cret" not in line
+
+
+def test_no_server_default_runs_a_job_with_one_command(tmp_path):
+    f = tmp_path / "in.txt"
+    f.write_text("abandon sp p\nbegin sp tp\nab1 sp p\n")
+    out = tmp_path / "out.csv"
+    p = tv("convert", "--input", str(f), "--output", str(out), "--wait", home=tmp_path, check=0)
+    assert "2 converted, 1 refused" in p.stdout
+    text = out.read_text().splitlines()
+    assert text[0] == "line,word,src,tgt,output,error" and text[1].startswith(
+        "1,abandon,sp,p,abandoned,"
+    )
+    listing = tv("jobs", "--json", home=tmp_path, check=0)
+    assert json.loads(listing.stdout)[0]["state"] == "succeeded"
+    exported = tv("results", "--job", "1", "--format", "json", home=tmp_path, check=0)
+    assert json.loads(exported.stdout)[2]["error"]
+
+
+def test_evaluate_json_keys(tmp_path):
+    verbs = tmp_path / "verbs.txt"
+    verbs.write_text("walk walks walking walked\n")
+    p = tv(
+        "evaluate",
+        "--verbs",
+        str(verbs),
+        "--samples",
+        "2",
+        "--draws",
+        "1",
+        "--wait",
+        "--json",
+        home=tmp_path,
+        check=0,
+    )
+    r = json.loads(p.stdout)
+    assert {"bleu4", "bleu4_sampled", "gaussian_score", "exact_match", "job_id"} <= set(r)
+    assert "sp->p" in r["exact_match"] and "mean" in r["exact_match"]
+
+
+def test_compose_file_parses_and_names_real_commands():
+    from workers.cli import parser
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"redis", "postgres", "migrate", "worker-gpu", "worker-cpu"} <= set(services)
+    commands = {
+        name: s["command"]
+        for name, s in services.items()
+        if s.get("image") == "tensevae:latest" or "<<" in s or s.get("build")
+    }
+    sub = parser()._subparsers._group_actions[0].choices
+    for name in ("migrate", "worker-gpu", "worker-cpu"):
+        cmd = services[name]["command"]
+        assert cmd[0] in sub, f"{name}: {cmd}"
+        sub[cmd[0]].parse_args(cmd[1:])  # raises SystemExit on an unknown option
+    assert services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0][
+        "capabilities"
+    ] == ["gpu"]
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert (
+        "POSTGRES_PASSWORD: ${POSTGRES_PASSWORD" in text
+        and "password" not in text.lower().replace("postgres_password", "")
+    )
+    assert commands

@@ -1,0 +1,52 @@
+import pytest
+
+from pipeline.config import Config, apply_overrides, configs_dir, from_dict, load_config
+from pipeline.errors import ConfigError
+
+
+def test_committed_configs_load():
+    names = sorted(p.stem for p in configs_dir().glob("*.yaml"))
+    assert {"default", "lab", "tiny"} <= set(names)
+    for name in names:
+        assert isinstance(load_config(name), Config)
+
+
+def test_lab_config_keeps_the_reference_settings():
+    lab = load_config("lab")
+    assert (lab.model.hidden_size, lab.model.latent_size, lab.model.tense_embedding) == (256, 32, 8)
+    assert lab.train.pairs == "same" and lab.train.batch_size == 1 and lab.train.optimizer == "sgd"
+
+
+def test_overrides():
+    cfg = apply_overrides(
+        Config(), ["train.epochs=3", "hidden_size=64", "attention=true", "lr=1e-3"]
+    )
+    assert cfg.train.epochs == 3 and cfg.model.hidden_size == 64 and cfg.model.attention is True
+    assert cfg.train.lr == 0.001
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["epochs"], "not KEY=VALUE"),
+        (["train.nope=1"], "unknown config key"),
+        (["epochs=many"], "expected int"),
+        (["epochs=2.5"], "whole number"),
+        (["kl_schedule=sometimes"], "kl_schedule"),
+        (["attention=maybe"], "expected bool"),
+    ],
+)
+def test_bad_overrides(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(Config(), overrides)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such config"):
+        load_config(tmp_path / "nope.yaml")
+    f = tmp_path / "bad.yaml"
+    f.write_text("model: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(f)
+    with pytest.raises(ConfigError, match="unknown config section"):
+        from_dict({"modle": {}})

@@ -1,0 +1,116 @@
+import hashlib
+
+import pytest
+
+from pipeline.data import (
+    bundled,
+    kfold_by_verb,
+    load_test,
+    load_train,
+    make_batch,
+    make_pairs,
+    read_conversions,
+    read_quads,
+    read_requests,
+    split_by_verb,
+)
+from pipeline.errors import DataError
+from pipeline.vocab import EOS, PAD, SOS, Vocab
+
+
+def test_bundled_files_are_the_lab_dataset_byte_for_byte():
+    digest = {
+        n: hashlib.sha256(bundled(n).read_bytes()).hexdigest() for n in ("train.txt", "test.txt")
+    }
+    assert digest["train.txt"] == "78909b86473883836d17c45c777e89ed506d17180ee7ab7a5512f3c563d9732f"
+    assert digest["test.txt"] == "ff9715c2106fc9922c1d2611e7d95f100abe33fdb2396aad2c4d5121d4327cd6"
+
+
+def test_known_facts_of_the_dataset():
+    train = load_train()
+    assert len(train) == 1227 and len(set(train)) == 1217
+    assert max(len(w) for q in train for w in q) == 15
+    words = {w for q in train for w in q}
+    tests = load_test()
+    assert len(tests) == 10
+    assert all(c.source in words and c.target in words for c in tests)
+    assert (tests[0].src, tests[0].tgt) == ("sp", "p") and (tests[4].src, tests[4].tgt) == (
+        "p",
+        "tp",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "reason"),
+    [
+        ("a b c d\nx y z\n", 2, "expected 4 words"),
+        ("a b c d\n\nab1 b c d\n", 3, "outside the model's alphabet"),
+        ("a b c d\nA-b b c d\n", 2, "'-'"),
+    ],
+)
+def test_malformed_quadruple_lines_name_file_and_line(tmp_path, text, line, reason):
+    f = tmp_path / "q.txt"
+    f.write_text(text)
+    with pytest.raises(DataError) as e:
+        read_quads(f)
+    assert str(e.value).startswith(f"{f}:{line}: ") and reason in str(e.value)
+
+
+def test_file_problems(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        read_quads(tmp_path / "missing.txt")
+    with pytest.raises(DataError, match="is a directory"):
+        read_quads(tmp_path)
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(DataError, match="empty"):
+        read_quads(tmp_path / "empty.txt")
+    (tmp_path / "latin1.txt").write_bytes(b"walk walks walking walked\ncaf\xe9 x y z\n")
+    with pytest.raises(DataError, match=r"latin1.txt:2: bytes that are not UTF-8"):
+        read_quads(tmp_path / "latin1.txt")
+
+
+def test_crlf_and_capitals_are_read(tmp_path):
+    f = tmp_path / "q.txt"
+    f.write_bytes(b"Walk walks walking walked\r\ntalk talks talking talked\r\n")
+    assert read_quads(f) == [
+        ("walk", "walks", "walking", "walked"),
+        ("talk", "talks", "talking", "talked"),
+    ]
+
+
+def test_conversions_with_own_tenses_and_requests(tmp_path):
+    f = tmp_path / "c.txt"
+    f.write_text("walk walked sp past\nwalks walking tp ing\n")
+    c = read_conversions(f)
+    assert (c[1].src, c[1].tgt) == ("tp", "pg")
+    f.write_text("walk walked sp future\n")
+    with pytest.raises(DataError, match=r"c.txt:1: unknown tense 'future'"):
+        read_conversions(f)
+    r = tmp_path / "r.txt"
+    r.write_text("walk sp p\n\nBad1 sp p\nonly two\n")
+    with pytest.raises(DataError, match=r"r.txt:4: expected 'word from to'"):
+        read_requests(r)
+
+
+def test_split_by_verb_never_splits_a_verb():
+    train = load_train()
+    kept, held = split_by_verb(train, 0.1, seed=3)
+    assert len(kept) + len(held) == len(train)
+    assert not {q[0] for q in kept} & {q[0] for q in held}
+    assert abs(len({q[0] for q in held}) - 0.1 * len({q[0] for q in train})) <= 1
+    assert split_by_verb(train, 0.1, seed=3) == (kept, held)
+    folds = kfold_by_verb(train, 5, seed=0)
+    held_verbs = [{q[0] for q in h} for _, h in folds]
+    assert sum(len(h) for h in held_verbs) == len({q[0] for q in train})
+
+
+def test_pairs_and_padded_batches():
+    quad = ("walk", "walks", "walking", "walked")
+    assert len(make_pairs([quad], "same")) == 4
+    assert len(make_pairs([quad], "cross")) == 12
+    assert len(make_pairs([quad], "all")) == 16
+    b = make_batch([("walk", 0, "walked", 3), ("go", 0, "went", 3)], Vocab())
+    assert b.src.shape == (2, 4) and b.src_len.tolist() == [4, 2]
+    assert b.tgt_in[:, 0].tolist() == [SOS, SOS]
+    assert b.tgt_out[0, 6] == EOS and b.tgt_out[1, 4] == EOS and b.tgt_out[1, 5] == PAD
+    assert b.tgt_in.shape == b.tgt_out.shape

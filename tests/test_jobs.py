@@ -1,0 +1,176 @@
+"""The job system end to end, through real worker processes: the no-server default
+(SQLite and the embedded broker) and this machine's Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.servers import Backend, drop_postgres, postgres_url, redis_url, wait_for
+
+TINY = ["train.epochs=1", "train.threads=1", "train.eval_gaussian_draws=0"]
+
+
+@pytest.fixture(scope="module", params=["embedded", "redis+postgres"])
+def backend(request, tmp_path_factory):
+    home = tmp_path_factory.mktemp(request.param.replace("+", "-"))
+    env = {"TENSEVAE_HOME": str(home), "TENSEVAE_STALE_AFTER": "60", "TENSEVAE_HEARTBEAT": "1"}
+    dropper = None
+    if request.param == "redis+postgres":
+        url, admin = postgres_url()
+        env.update(TENSEVAE_BROKER_URL=redis_url(), TENSEVAE_DATABASE_URL=url)
+        dropper = (url, admin)
+    with Backend(request.param, env) as b:
+        from db.migrate import upgrade
+
+        upgrade()
+        b.start_worker("w1")
+        yield b
+    if dropper:
+        drop_postgres(*dropper)
+
+
+def _submit_train(overrides=(), **params):
+    from pipeline.config import load_config
+    from workers.jobs import submit
+
+    cfg = load_config("tiny", [*TINY, *overrides])
+    return submit(
+        "train", {"config": cfg.to_dict(), "bleu_samples": 3, "gaussian_draws": 2, **params}
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(backend):
+    job_id = _submit_train()
+    return wait_for(job_id)
+
+
+def test_training_job_end_to_end(backend, trained):
+    from db.models import Checkpoint, EpochMetric, Model, Score
+    from db.session import session
+
+    assert trained["state"] == "succeeded", trained["error"]
+    assert trained["worker"].startswith("w1") and trained["attempts"] == 1
+    result = trained["result"]
+    assert 0 <= result["bleu4"] <= 1 and result["gaussian_score"]["draws"] == 2
+    with session() as s:
+        model = s.get(Model, result["model_id"])
+        assert model.job_id == trained["id"] and len(model.sha256) == 64
+        assert s.scalar(select(func.count()).where(Checkpoint.job_id == trained["id"])) == 1
+        assert s.scalar(select(func.count()).where(EpochMetric.job_id == trained["id"])) == 1
+        names = set(s.scalars(select(Score.name).where(Score.model_id == model.id)))
+    assert {"bleu4", "bleu4_sampled", "gaussian_score"} <= names
+    assert any(n.startswith("exact_match:") for n in names)
+
+
+def test_bulk_conversion_job_keeps_good_lines_and_records_bad_ones(backend, trained, tmp_path):
+    from db.queries import conversions
+    from pipeline.data import read_requests
+    from workers.jobs import submit
+
+    f = tmp_path / "in.txt"
+    f.write_text("abandon sp p\nWalk present past\nab1 sp p\nwalk sp future\nsplit sp ing\n")
+    requests = [list(r) for r in read_requests(f)]
+    job = wait_for(
+        submit("convert", {"model": trained["result"]["model_id"], "requests": requests})
+    )
+    assert job["state"] == "succeeded", job["error"]
+    assert job["result"] == {"lines": 5, "converted": 3, "refused": 2}
+    rows = conversions(job["id"])
+    assert [r["line"] for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[1]["word"] == "walk" and rows[1]["src"] == "sp" and rows[1]["output"]
+    assert "ab1" in rows[2]["error"] and rows[2]["output"] is None
+    assert "unknown tense 'future'" in rows[3]["error"]
+
+
+def test_generation_and_evaluation_jobs(backend, trained):
+    from db.queries import generated, job_scores
+    from workers.jobs import submit
+
+    model = trained["result"]["model_id"]
+    gen = wait_for(submit("generate", {"model": model, "n": 7, "seed": 3}))
+    assert gen["state"] == "succeeded", gen["error"]
+    assert len(generated(gen["id"])) == 7
+    ev = wait_for(
+        submit(
+            "evaluate",
+            {
+                "model": model,
+                "bleu_samples": 2,
+                "gaussian_draws": 1,
+                "verbs": [["walk", "walks", "walking", "walked"]],
+                "verbs_name": "mine.txt",
+            },
+        )
+    )
+    assert ev["state"] == "succeeded", ev["error"]
+    assert len([k for k in ev["result"]["exact_match"] if "->" in k]) == 12
+    assert {s["dataset"] for s in job_scores(ev["id"]) if s["name"].startswith("exact")} == {
+        "mine.txt"
+    }
+
+
+def test_a_failing_job_records_its_error(backend):
+    job = wait_for(_submit_train(["train.lr=1e30", "train.optimizer=sgd", "train.grad_clip=0"]))
+    assert job["state"] == "failed"
+    assert job["error"].startswith("TrainingDiverged: loss became")
+    from workers.jobs import submit
+
+    missing = wait_for(submit("generate", {"model": 99999, "n": 3}))
+    assert missing["state"] == "failed" and "model 99999 is not in the database" in missing["error"]
+
+
+def test_cancelling_a_running_job(backend):
+    from workers.jobs import cancel
+
+    job_id = _submit_train(["train.epochs=200"])
+    wait_for(job_id, states=("running",))
+    assert cancel(job_id) == "running"
+    job = wait_for(job_id, timeout=60)
+    assert job["state"] == "cancelled"
+
+
+def test_cancelling_a_queued_job(backend):
+    from workers.jobs import cancel, submit
+
+    job_id = submit("generate", {"n": 1}, queue="nobody-listens")
+    assert cancel(job_id) == "cancelled"
+    assert wait_for(job_id)["state"] == "cancelled"
+
+
+def test_two_workers_never_run_one_job_twice(backend, trained):
+    from db.models import GeneratedWord, Job
+    from db.session import session
+    from workers.jobs import submit
+
+    backend.start_worker("w2", queues="cpu")
+    model = trained["result"]["model_id"]
+    ids = [submit("generate", {"model": model, "n": 5, "seed": i}) for i in range(12)]
+    jobs = [wait_for(i) for i in ids]
+    assert all(j["state"] == "succeeded" for j in jobs)
+    assert all(j["attempts"] == 1 for j in jobs)
+    with session() as s:
+        counts = dict(
+            s.execute(
+                select(GeneratedWord.job_id, func.count())
+                .where(GeneratedWord.job_id.in_(ids))
+                .group_by(GeneratedWord.job_id)
+            ).all()
+        )
+        workers = set(s.scalars(select(Job.worker).where(Job.id.in_(ids))))
+    assert counts == dict.fromkeys(ids, 5)
+    assert len(workers) == 2, f"both workers should have taken jobs, got {workers}"
+
+
+def test_a_message_for_a_job_that_does_not_exist_is_rejected(backend):
+    from workers import runner
+
+    assert runner.run_job(123456, "test") == "rejected"
+    assert runner.run_job("not-a-number", "test") == "rejected"
+
+
+def test_a_second_delivery_of_a_finished_job_does_nothing(backend, trained):
+    from workers import runner
+
+    assert runner.run_job(trained["id"], "late-duplicate") == "skipped"

@@ -1,0 +1,121 @@
+import torch
+
+from pipeline import decoding
+from pipeline.config import ModelConfig
+from pipeline.data import make_batch
+from pipeline.model import TenseCVAE, kl_divergence, reconstruction_loss
+from pipeline.vocab import EOS, PAD, SOS, Vocab
+
+PAIRS = [("walk", 0, "walked", 3), ("go", 0, "went", 3), ("abandoning", 2, "abandons", 1)]
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden_size=16, latent_size=4, tense_embedding=3, char_embedding=8, **kw)
+    return TenseCVAE(cfg, Vocab()).eval()
+
+
+def test_shapes_and_losses():
+    for kw in ({}, {"attention": True, "bidirectional": True, "decoder_input_z": True}):
+        m = _model(**kw)
+        b = make_batch(PAIRS, m.vocab)
+        post = m.encode(b.src, b.src_len, b.src_tense)
+        assert post.mu.shape == (3, 4) and post.logvar.shape == (3, 4)
+        assert (
+            post.memory.shape[:2] == b.src.shape
+            and post.mask.sum().item() == b.src_len.sum().item()
+        )
+        logits = m.decode(b.tgt_in, m.init_decoder(post.mu, b.tgt_tense, post))
+        assert logits.shape == (*b.tgt_in.shape, m.vocab.size)
+        assert reconstruction_loss(logits, b.tgt_out).shape == (3,)
+        assert kl_divergence(post.mu, post.logvar).shape == (3, 4)
+
+
+def test_padding_never_reaches_the_loss():
+    m = _model()
+    b = make_batch(PAIRS, m.vocab)
+    post = m.encode(b.src, b.src_len, b.src_tense)
+    logits = m.decode(b.tgt_in, m.init_decoder(post.mu, b.tgt_tense, post))
+    loss = reconstruction_loss(logits, b.tgt_out)
+    garbage = logits.clone()
+    garbage[b.tgt_out == PAD] = 1e3  # whatever stands at padded positions must not count
+    assert torch.allclose(loss, reconstruction_loss(garbage, b.tgt_out))
+
+
+def test_encoder_ignores_padding():
+    m = _model(bidirectional=True, attention=True)
+    alone = make_batch([PAIRS[1]], m.vocab)
+    padded = make_batch(PAIRS[:2], m.vocab)
+    a = m.encode(alone.src, alone.src_len, alone.src_tense).mu[0]
+    b = m.encode(padded.src, padded.src_len, padded.src_tense).mu[1]
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_teacher_forced_and_step_by_step_decoding_agree():
+    for kw in ({}, {"attention": True, "decoder_input_z": True}):
+        m = _model(**kw)
+        b = make_batch(PAIRS, m.vocab)
+        post = m.encode(b.src, b.src_len, b.src_tense)
+        state = m.init_decoder(post.mu, b.tgt_tense, post)
+        full = m.decode(b.tgt_in, state)
+        steps = []
+        for t in range(b.tgt_in.size(1)):
+            logits, state = m.decode_step(b.tgt_in[:, t], state)
+            steps.append(logits)
+        assert torch.allclose(full, torch.stack(steps, 1), atol=1e-5)
+
+
+class FakeModel:
+    """Hand-written next-character probabilities over a 5-token vocabulary (ids 0-3 are
+    specials, 4 is 'a', 5 is 'b'): greedy takes 'a' then must stop on a poor path, while the
+    best whole sequence starts with the less likely 'b'."""
+
+    def __init__(self):
+        self.table = {
+            (): [0, 0, 0.0, 0, 0.6, 0.4],
+            (4,): [0, 0, 0.5, 0, 0.25, 0.25],
+            (5,): [0, 0, 0.9, 0, 0.05, 0.05],
+        }
+
+    def step(self, tokens, state):
+        prefixes = [tuple(h) for h in state.history]
+        probs = torch.tensor([self.table.get(p, [0, 0, 1.0, 0, 0, 0]) for p in prefixes])
+        logits = torch.log(probs.clamp_min(1e-12))
+        return logits, state
+
+    class State:
+        def __init__(self, history):
+            self.history = history
+
+        def select(self, index):
+            return FakeModel.State([list(self.history[i]) for i in index.tolist()])
+
+
+def _run(fn, **kw):
+    fake = FakeModel()
+    state = FakeModel.State([[]])
+
+    def step(tokens, st):
+        # The fake keeps its own history of fed tokens (beyond the start token).
+        for h, t in zip(st.history, tokens.tolist(), strict=True):
+            if t not in (SOS, PAD, EOS):
+                h.append(t)
+        return fake.step(tokens, st)
+
+    return fn(step, state, 1, 5, **kw)[0].tolist()
+
+
+def test_greedy_and_beam_on_a_fake_model():
+    # greedy: 'a' (0.6) then EOS (0.5) -> 0.30; beam: 'b' (0.4) then EOS (0.9) -> 0.36.
+    assert _run(decoding.greedy) == [4, EOS]
+    assert _run(decoding.beam, width=2) == [5, EOS]
+
+
+def test_greedy_stops_at_max_length_and_pads_after_eos():
+    m = _model()
+    state = m.init_decoder(torch.zeros(3, 4), torch.tensor([0, 1, 2]))
+    out = decoding.greedy(m.decode_step, state, 3, 7)
+    assert out.shape[0] == 3 and out.shape[1] <= 7
+    for row in out.tolist():
+        if EOS in row:
+            assert all(t == PAD for t in row[row.index(EOS) + 1 :])

@@ -1,0 +1,137 @@
+import json
+
+import pytest
+import torch
+
+import pipeline
+from pipeline import artifacts
+from pipeline.errors import ModelLoadError, TrainingDiverged, WordError
+
+
+def test_tiny_config_trains_and_reports_every_figure(tiny_run):
+    result, reports = tiny_run
+    assert [r.epoch for r in reports] == [1]
+    figures = reports[0].figures
+    for key in (
+        "loss",
+        "recon",
+        "kl",
+        "beta",
+        "teacher_forcing",
+        "bleu4",
+        "gaussian_score",
+        "seconds",
+    ):
+        assert key in figures and figures[key] == figures[key]  # present and not NaN
+    assert 0.0 <= figures["bleu4"] <= 1.0
+    assert result.history == [figures]
+
+
+def test_same_seed_same_figures(tiny_config, tiny_run):
+    again = pipeline.train(tiny_config)
+    drop = {"seconds", "words_per_s"}
+    strip = [{k: v for k, v in h.items() if k not in drop} for h in again.history]
+    assert strip == [{k: v for k, v in h.items() if k not in drop} for h in tiny_run[0].history]
+
+
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tiny_config):
+    cfg = tiny_config.replace(train={"epochs": 2, "eval_gaussian_draws": 0})
+    full = pipeline.train(cfg)
+    saved = []
+    pipeline.train(
+        cfg,
+        on_epoch=lambda r: saved.append(r.checkpoint()) if r.epoch == 1 else None,
+        should_stop=lambda: len(saved) > 0,
+    )
+    resumed = pipeline.train(cfg, resume=saved[0])
+    drop = {"seconds", "words_per_s"}
+    assert [{k: v for k, v in h.items() if k not in drop} for h in resumed.history] == [
+        {k: v for k, v in h.items() if k not in drop} for h in full.history
+    ]
+    for a, b in zip(
+        full.model.state_dict().values(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+
+
+def test_cancellation_stops_training(tiny_config):
+    calls = []
+    result = pipeline.train(tiny_config, should_stop=lambda: calls.append(1) or len(calls) > 3)
+    assert result.cancelled and result.history == []
+
+
+def test_nan_loss_fails_clearly(tiny_config):
+    cfg = tiny_config.replace(train={"lr": 1e30, "optimizer": "sgd", "grad_clip": 0.0})
+    with pytest.raises(TrainingDiverged, match="loss became"):
+        pipeline.train(cfg)
+
+
+def test_evaluate_convert_generate(tiny_run, tmp_path):
+    model = tiny_run[0].model
+    figures = pipeline.evaluate(model, bleu_samples=3, gaussian_draws=2)
+    assert set(figures) >= {"bleu4", "bleu4_sampled", "gaussian_score", "exact_match"}
+    assert figures["bleu4_sampled"]["samples"] == 3 and figures["gaussian_score"]["draws"] == 2
+    verbs = tmp_path / "verbs.txt"
+    verbs.write_text("walk walks walking walked\nglorp glorps glorping glorped\n")
+    unseen = pipeline.evaluate(model, verbs=verbs, bleu_samples=0, gaussian_draws=0)
+    assert (
+        len([k for k in unseen["exact_match"] if "->" in k]) == 12
+        and "mean" in unseen["exact_match"]
+    )
+    out = pipeline.convert(model, ["Abandon", "walk"], "sp", "past")
+    assert len(out) == 2 and all(isinstance(o, str) for o in out)
+    assert pipeline.convert(model, ["walk"] * 3, ["sp", "tp", "pg"], "p")[0] == out[1]
+    with pytest.raises(WordError, match="'ab1'"):
+        pipeline.convert(model, ["ab1"], "sp", "p")
+    with pytest.raises(WordError, match="longer than"):
+        pipeline.convert(model, ["a" * 40], "sp", "p")
+    gen = pipeline.generate(model, 5, seed=1)
+    assert len(gen) == 5 and all(len(t) == 4 for t in gen)
+    assert gen == pipeline.generate(model, 5, seed=1)
+
+
+def test_model_round_trips_through_bytes_and_folder(tiny_run, tmp_path):
+    model = tiny_run[0].model
+    words = ["abandon", "begin", "split"]
+    expected = pipeline.convert(model, words, "sp", "p")
+    again = pipeline.from_bytes(pipeline.to_bytes(model))
+    assert pipeline.convert(again, words, "sp", "p") == expected
+    folder = pipeline.save(model, tmp_path / "m")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert pipeline.convert(pipeline.load(folder), words, "sp", "p") == expected
+
+
+def test_damaged_models_fail_with_one_line(tiny_run, tmp_path):
+    model = tiny_run[0].model
+    data = pipeline.to_bytes(model)
+    for bad in (data[: len(data) // 2], b"", b"not a model at all", data[:8] + b"{" + data[9:]):
+        with pytest.raises(ModelLoadError):
+            pipeline.from_bytes(bad)
+    folder = pipeline.save(model, tmp_path / "m")
+    with pytest.raises(ModelLoadError, match="no such model folder"):
+        pipeline.load(tmp_path / "nowhere")
+    meta = json.loads((folder / "config.json").read_text())
+    meta["model"]["hidden_size"] += 1
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="shape"):
+        pipeline.load(folder)
+    meta["format"] = "tensevae-model/99"
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="format"):
+        pipeline.load(folder)
+    (folder / "model.safetensors").write_bytes(b"\x00" * 5)
+    with pytest.raises(ModelLoadError):
+        pipeline.load(folder)
+
+
+def test_checkpoint_holds_optimizer_and_random_state(tiny_run):
+    parts = artifacts.checkpoint_from_bytes(tiny_run[1][0].checkpoint())
+    assert parts["state"]["epoch"] == 1 and parts["optimizer"]["state"]
+    assert parts["rng"].dtype == torch.uint8
+
+
+def test_plots(tiny_run, tmp_path):
+    from pipeline.plots import plot_history
+
+    path = plot_history(tiny_run[0].history * 2, tmp_path / "curves.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,715 @@
+"""The ``tensevae`` command: submit jobs, follow them, query results, watch the queue.
+
+Imports are lazy: ``tensevae convert WORD --from T --to T`` loads torch and the model,
+never Celery or SQLAlchemy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class UserError(Exception):
+    """A mistake the user can fix: printed as one line, exit code 2."""
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _err(message: str) -> None:
+    print(f"tensevae: {message}", file=sys.stderr, flush=True)
+
+
+# -- models --------------------------------------------------------------------------------------
+
+
+def _model_ref(text: str) -> str | int:
+    """'pretrained', a model id in the database, or a model folder (stored in the database
+    so that workers on other machines can read it)."""
+    if text == "pretrained":
+        return "pretrained"
+    if text.isdigit():
+        from db.models import Model
+        from db.session import session
+
+        _ensure_db()
+        with session() as s:
+            if s.get(Model, int(text)) is None:
+                raise UserError(f"--model {text}: no model with that id in the database")
+        return int(text)
+    return _store_folder(Path(text))
+
+
+def _store_folder(folder: Path) -> int:
+    from pipeline import artifacts
+
+    model = artifacts.load(folder)  # ModelLoadError names what is wrong
+    from db.models import Model
+    from db.session import session
+
+    _ensure_db()
+    data = artifacts.to_bytes(model)
+    with session() as s:
+        row = Model(
+            name=folder.name,
+            job_id=None,
+            config=artifacts.describe(model),
+            weights=data,
+            sha256=artifacts.sha256(data),
+            size_bytes=len(data),
+            epoch=0,
+        )
+        s.add(row)
+        s.flush()
+        return row.id
+
+
+def _load_model_now(text: str):
+    from pipeline import artifacts
+
+    if text == "pretrained":
+        return artifacts.load_pretrained()
+    if text.isdigit():
+        from workers.handlers import load_model
+
+        _ensure_db()
+        return load_model(int(text))
+    return artifacts.load(text)
+
+
+def _ensure_db() -> None:
+    from db.migrate import ensure_schema
+
+    ensure_schema()
+
+
+# -- submitting and waiting --------------------------------------------------------------------
+
+
+def _submit(kind: str, params: dict[str, Any], args) -> int:
+    from workers.jobs import submit
+
+    job_id = submit(kind, params, queue=args.queue)
+    if not args.json or not args.wait:
+        if args.json:
+            _print_json({"job_id": job_id, "state": "queued"})
+        else:
+            print(f"job {job_id} queued ({kind})", flush=True)
+    return job_id
+
+
+def _run_here_if_nobody_listens(job_id: int):
+    """In the no-server default, with no worker on the job's queue, run the job in this
+    process, in a thread, exactly as a worker would; returns the thread or None."""
+    import threading
+
+    from db.queries import get_job, workers_listening
+    from workers import settings
+
+    queue = get_job(job_id)["queue"]
+    if not settings.is_embedded_broker() or workers_listening(queue):
+        return None
+    from workers import runner
+
+    name = f"cli-{os.uname().nodename}-{os.getpid()}"
+    runner.start_heartbeat(name, [queue])
+
+    def work():
+        try:
+            runner.run_job(job_id, name)
+        finally:
+            runner.stop_heartbeat()
+
+    thread = threading.Thread(target=work, name="tensevae-job", daemon=True)
+    thread.start()
+    return thread
+
+
+def _wait(job_id: int, quiet: bool) -> dict[str, Any]:
+    from db.queries import get_job
+    from workers.jobs import cancel
+
+    thread = _run_here_if_nobody_listens(job_id)
+    if thread is None and not quiet:
+        print(
+            f"waiting for a worker on queue {get_job(job_id)['queue']!r}",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif not quiet:
+        print(
+            "no worker is listening: running the job in this process", file=sys.stderr, flush=True
+        )
+    last = None
+    try:
+        while True:
+            job = get_job(job_id)
+            line = f"[job {job_id}] {job['state']} {job['progress'] * 100:3.0f}% {job['message'] or ''}"
+            if line != last and not quiet:
+                print(line.rstrip(), file=sys.stderr, flush=True)
+                last = line
+            if job["state"] in ("succeeded", "failed", "cancelled") and (
+                thread is None or not thread.is_alive()
+            ):
+                return job
+            time.sleep(0.3)
+    except KeyboardInterrupt:
+        print(f"\ncancelling job {job_id} ...", file=sys.stderr, flush=True)
+        cancel(job_id)
+        if thread is not None:
+            thread.join()
+        return get_job(job_id)
+
+
+def _finish(job: dict[str, Any], args, show) -> int:
+    if args.json:
+        _print_json(
+            {
+                "job_id": job["id"],
+                "state": job["state"],
+                "error": job["error"],
+                **(job.get("result") or {}),
+            }
+        )
+    elif job["state"] == "succeeded":
+        show(job)
+    else:
+        print(f"job {job['id']} {job['state']}" + (f": {job['error']}" if job["error"] else ""))
+    return 0 if job["state"] == "succeeded" else 1
+
+
+def _figure(v: Any) -> str:
+    if isinstance(v, dict) and "mean" in v:
+        return f"{v['mean']:.4f} ± {v.get('std', 0):.4f}"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _show_scores(job: dict[str, Any]) -> None:
+    r = job["result"] or {}
+    print(f"job {job['id']} succeeded" + (f": model {r['model_id']}" if "model_id" in r else ""))
+    for key in ("bleu4", "bleu4_sampled", "gaussian_score"):
+        if r.get(key) is not None:
+            extra = ""
+            if key == "gaussian_score":
+                extra = (
+                    f" (over {r[key]['draws']} draws of {r[key]['n']}; "
+                    f"{r[key]['distinct_verbs_mean']:.1f} distinct verbs per draw)"
+                )
+            print(f"  {key:<15} {_figure(r[key])}{extra}")
+    em = r.get("exact_match") or {}
+    if em:
+        on = (r.get("exact_match_on") or {}).get("file", "")
+        print(f"  exact match on {on}: mean {em.get('mean', 0):.4f}")
+        print("   " + "  ".join(f"{k} {v:.3f}" for k, v in em.items() if "->" in k))
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from pipeline.config import load_config
+
+    config = load_config(args.config, args.set)
+    params = {
+        "config": config.to_dict(),
+        "bleu_samples": args.samples,
+        "gaussian_draws": args.draws,
+    }
+    job_id = _submit("train", params, args)
+    if not args.wait:
+        return 0
+    job = _wait(job_id, args.json)
+    code = _finish(job, args, _show_scores)
+    if job["state"] == "succeeded":
+        path = _plot(job_id, args.plot)
+        if not args.json:
+            print(f"  curves: {path}")
+    return code
+
+
+def _plot(job_id: int, target: str | None) -> Path:
+    from db.queries import epoch_figures
+    from db.session import home
+    from pipeline.plots import plot_history
+
+    path = Path(target) if target else home() / f"job-{job_id}-curves.png"
+    return plot_history(epoch_figures(job_id), path, title=f"tensevae training job {job_id}")
+
+
+def cmd_convert(args) -> int:
+    if args.input:
+        if args.words:
+            raise UserError("give words or --input FILE, not both")
+        return _bulk_convert(args)
+    if not args.words:
+        raise UserError("give words to convert, or --input FILE for a bulk job")
+    if not args.src or not args.tgt:
+        raise UserError("one-off conversion needs --from and --to")
+    from pipeline.evaluate import convert
+    from pipeline.tenses import tense_code
+
+    src, tgt = tense_code(args.src), tense_code(args.tgt)
+    model = _load_model_now(args.model)
+    outputs = convert(
+        model,
+        args.words,
+        src,
+        tgt,
+        method="beam" if args.beam else "greedy",
+        beam_width=args.beam or 4,
+    )
+    if args.json:
+        _print_json(
+            [
+                {"word": w, "from": src, "to": tgt, "output": o}
+                for w, o in zip(args.words, outputs, strict=True)
+            ]
+        )
+    else:
+        for o in outputs:
+            print(o)
+    return 0
+
+
+def _bulk_convert(args) -> int:
+    from pipeline.data import read_requests
+
+    requests = read_requests(args.input)
+    params = {
+        "model": _model_ref(args.model),
+        "requests": [list(r) for r in requests],
+        "method": "greedy",
+        "input": str(args.input),
+    }
+    job_id = _submit("convert", params, args)
+    if not args.wait:
+        return 0
+    job = _wait(job_id, args.json)
+    if job["state"] == "succeeded" and args.output:
+        _export_conversions(job_id, args.output, args.format)
+    return _finish(
+        job,
+        args,
+        lambda j: print(
+            f"job {j['id']} succeeded: {j['result']['converted']} converted, {j['result']['refused']} refused"
+            + (f"; written to {args.output}" if args.output else "")
+        ),
+    )
+
+
+def _export_conversions(job_id: int, path: str, fmt: str | None) -> None:
+    from db.queries import conversions
+
+    _write_rows(conversions(job_id), path, fmt)
+
+
+def _write_rows(rows: list[dict[str, Any]], path: str, fmt: str | None) -> None:
+    import csv
+
+    fmt = fmt or ("json" if str(path).endswith(".json") else "csv")
+    out = sys.stdout if path == "-" else open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+    try:
+        if fmt == "json":
+            json.dump(rows, out, indent=1)
+            out.write("\n")
+        else:
+            writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["line"])
+            writer.writeheader()
+            writer.writerows(rows)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+def cmd_evaluate(args) -> int:
+    params: dict[str, Any] = {
+        "model": _model_ref(args.model),
+        "bleu_samples": args.samples,
+        "gaussian_draws": args.draws,
+        "seed": args.seed,
+    }
+    if args.verbs:
+        from pipeline.data import read_quads
+
+        params["verbs"] = [list(q) for q in read_quads(args.verbs)]
+        params["verbs_name"] = Path(args.verbs).name
+    job_id = _submit("evaluate", params, args)
+    if not args.wait:
+        return 0
+    return _finish(_wait(job_id, args.json), args, _show_scores)
+
+
+def cmd_generate(args) -> int:
+    if args.n < 1:
+        raise UserError("-n must be at least 1")
+    job_id = _submit(
+        "generate", {"model": _model_ref(args.model), "n": args.n, "seed": args.seed}, args
+    )
+    if not args.wait:
+        return 0
+
+    def show(job):
+        from db.queries import generated
+
+        r = job["result"]
+        print(
+            f"job {job['id']} succeeded: {r['n']} verbs, {r['gaussian_score']:.2f} match train.txt "
+            f"({r['distinct_verbs']} distinct)"
+        )
+        for g in generated(job["id"]):
+            print(
+                f"  {g['sp']} {g['tp']} {g['pg']} {g['p']}"
+                + ("" if g["in_train"] else "   (not in train.txt)")
+            )
+
+    return _finish(_wait(job_id, args.json), args, show)
+
+
+def cmd_jobs(args) -> int:
+    from db.queries import get_job, list_jobs
+
+    _ensure_db()
+    if args.id is not None:
+        job = get_job(args.id)
+        if job is None:
+            raise UserError(f"no job {args.id}")
+        if args.json:
+            _print_json(job)
+        else:
+            for k, v in job.items():
+                print(f"{k:<13} {json.dumps(v, default=str) if isinstance(v, dict) else v}")
+        return 0
+    jobs = list_jobs(args.limit, args.state, args.kind)
+    if args.json:
+        _print_json(jobs)
+        return 0
+    print(
+        f"{'id':>5} {'kind':<9} {'state':<10} {'progress':>8}  {'queue':<6} {'worker':<24} message"
+    )
+    for j in jobs:
+        msg = j["error"] or j["message"] or ""
+        print(
+            f"{j['id']:>5} {j['kind']:<9} {j['state']:<10} {j['progress'] * 100:7.0f}%  "
+            f"{j['queue']:<6} {(j['worker'] or '-')[:24]:<24} {msg[:60]}"
+        )
+    return 0
+
+
+def cmd_results(args) -> int:
+    from db import queries
+
+    _ensure_db()
+    if args.job is not None:
+        job = queries.get_job(args.job)
+        if job is None:
+            raise UserError(f"no job {args.job}")
+        rows = {"convert": queries.conversions, "generate": queries.generated}.get(
+            job["kind"], queries.job_scores
+        )(args.job)
+        if args.output or args.format:
+            _write_rows(rows, args.output or "-", args.format)
+        elif args.json:
+            _print_json(rows)
+        else:
+            for r in rows:
+                print("  ".join(str(v) for v in r.values()))
+        return 0
+    models = queries.models_with_scores(args.best_by, args.limit)
+    if args.json:
+        _print_json(models)
+        return 0
+    print(
+        f"{'model':>5} {'job':>5} {'name':<24} {'bleu4':>7} {'bleu4~z':>15} {'gaussian':>15} {'exact':>6}"
+    )
+    for m in models:
+        s = m["scores"]
+
+        def fig(name, s=s):
+            if name not in s:
+                return "-"
+            v = s[name]
+            return f"{v['value']:.3f}" + (
+                f" ± {v['spread']:.3f}" if v["spread"] is not None else ""
+            )
+
+        print(
+            f"{m['id']:>5} {m['job_id'] or '-':>5} {m['name'][:24]:<24} {fig('bleu4'):>7} "
+            f"{fig('bleu4_sampled'):>15} {fig('gaussian_score'):>15} {fig('exact_match:mean'):>6}"
+        )
+    return 0
+
+
+def cmd_queue(args) -> int:
+    from db.queries import queue_status
+
+    _ensure_db()
+    while True:
+        status = queue_status()
+        status["broker"] = _broker_depths()
+        if args.json:
+            _print_json(status)
+        else:
+            _show_queue(status)
+        if not args.watch:
+            return 0
+        time.sleep(args.watch)
+        print()
+
+
+def _broker_depths() -> dict[str, Any]:
+    """Messages waiting in the broker per queue (Redis: list lengths)."""
+    from workers import settings
+
+    url = settings.broker_url()
+    out: dict[str, Any] = {"url": settings.redact(url)}
+    if url.startswith(("redis://", "rediss://")):
+        try:
+            import redis
+
+            r = redis.Redis.from_url(url, socket_timeout=2)
+            out["messages"] = {q: r.llen(q) for q in settings.all_queues()}
+        except Exception as e:
+            out["error"] = f"{type(e).__name__}"
+    return out
+
+
+def _show_queue(status: dict[str, Any]) -> None:
+    print(f"broker: {status['broker']['url']}")
+    print(f"workers online: {len(status['workers'])}")
+    for w in status["workers"]:
+        print(f"  {w['name']:<32} queues {','.join(w['queues']):<10} job {w['current_job'] or '-'}")
+    queued = status["queued"]
+    msgs = status["broker"].get("messages", {})
+    from workers import settings
+
+    for q in settings.all_queues():
+        extra = f" ({msgs[q]} messages in the broker)" if q in msgs else ""
+        print(f"queue {q:<5} {queued.get(q, 0)} jobs queued{extra}")
+    print(f"running: {len(status['running'])}")
+    for j in status["running"]:
+        print(
+            f"  job {j['id']:<5} {j['kind']:<9} {j['progress'] * 100:4.0f}%  {j['worker']}  {j['message'] or ''}"
+        )
+
+
+def cmd_worker(args) -> int:
+    from workers import settings
+
+    _ensure_db()
+    queues = args.queues or ",".join(settings.all_queues())
+    from workers.app import app
+
+    name = args.name or f"tensevae-{'-'.join(queues.split(','))}@%h"
+    argv = [
+        "worker",
+        "--pool",
+        "solo",
+        "--queues",
+        queues,
+        "--hostname",
+        name,
+        "--loglevel",
+        args.loglevel,
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    print(
+        f"tensevae worker on queues {queues}; broker {settings.redact(settings.broker_url())}",
+        flush=True,
+    )
+    app.worker_main(argv=argv)
+    return 0
+
+
+def cmd_db(args) -> int:
+    from db import migrate
+    from db.session import database_url, mask_url
+
+    if args.action == "upgrade":
+        migrate.upgrade()
+        print(f"database {mask_url(database_url())} is at revision {migrate.current_revision()}")
+    else:
+        print(migrate.current_revision() or "empty (run 'tensevae db upgrade')")
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from workers.jobs import cancel
+
+    _ensure_db()
+    try:
+        state = cancel(args.id)
+    except LookupError as e:
+        raise UserError(str(e)) from None
+    print(
+        f"job {args.id}: {state}"
+        + (" (stops within one epoch or batch)" if state == "running" else "")
+    )
+    return 0
+
+
+def cmd_plot(args) -> int:
+    _ensure_db()
+    print(_plot(args.id, args.output))
+    return 0
+
+
+def cmd_check_data(args) -> int:
+    from pipeline.datacheck import check_quads
+
+    problems = check_quads(args.file)
+    for p in problems:
+        print(p)
+    print(f"{len(problems)} suspicious lines in {args.file}", file=sys.stderr)
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------------
+
+
+def _job_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", action="store_true", help="follow the job and print its result")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--queue", help="send to this queue instead of the kind's default")
+
+
+def _model_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default="pretrained",
+        help="a model id, a model folder, or 'pretrained' (the shipped model)",
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="tensevae", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="submit a training job")
+    p.add_argument("--config", help="a YAML config file, or a name in configs/ (default: default)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value"
+    )
+    p.add_argument("--plot", help="with --wait: where to write the curves (PNG)")
+    p.add_argument("--samples", type=int, default=100, help="sampled z for BLEU-4 spread")
+    p.add_argument("--draws", type=int, default=20, help="draws of 100 z for the Gaussian score")
+    _job_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("convert", help="convert words now, or submit a bulk conversion job")
+    p.add_argument("words", nargs="*", help="words to convert at once (needs --from and --to)")
+    p.add_argument("--from", dest="src", help="tense of the words (sp, tp, pg, p or an alias)")
+    p.add_argument("--to", dest="tgt", help="tense to convert to")
+    p.add_argument("--input", help="a file of 'word from to' lines: submits a bulk job")
+    p.add_argument("--output", help="with --wait: write the conversions here (.csv or .json)")
+    p.add_argument("--format", choices=["csv", "json"])
+    p.add_argument("--beam", type=int, default=0, help="beam width (default: greedy)")
+    _model_option(p)
+    _job_options(p)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("evaluate", help="submit an evaluation job")
+    p.add_argument(
+        "--verbs", help="a quadruple file (sp tp pg p per line) to score all 12 directions on"
+    )
+    p.add_argument("--samples", type=int, default=100)
+    p.add_argument("--draws", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    _model_option(p)
+    _job_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("generate", help="submit a generation job (verbs from Gaussian noise)")
+    p.add_argument("-n", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    _model_option(p)
+    _job_options(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("jobs", help="list jobs, or show one")
+    p.add_argument("id", nargs="?", type=int)
+    p.add_argument("--state")
+    p.add_argument("--kind")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("results", help="models and their scores, or one job's results")
+    p.add_argument("--job", type=int, help="a job's conversions, generated words or scores")
+    p.add_argument("--best-by", help="sort models by this score (bleu4, gaussian_score, ...)")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--output", help="write a job's rows to this file")
+    p.add_argument("--format", choices=["csv", "json"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("queue", help="workers online, queue depths, running jobs")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS")
+    p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("worker", help="run a worker (one job at a time; run more to scale)")
+    p.add_argument("--queues", help="comma-separated queues (default: all: gpu,cpu)")
+    p.add_argument("--name", help="worker name (default: tensevae-QUEUES@host)")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("db", help="database schema")
+    p.add_argument("action", choices=["upgrade", "current"])
+    p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("cancel", help="cancel a queued or running job")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("plot", help="write a training job's curves as PNG")
+    p.add_argument("id", type=int)
+    p.add_argument("--output")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("check-data", help="report suspicious lines of a quadruple file")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_check_data)
+    return ap
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [UserError]
+    mods = sys.modules
+    if "pipeline.errors" in mods:
+        errors.append(mods["pipeline.errors"].TenseVAEError)
+    if "db.migrate" in mods:
+        errors.append(mods["db.migrate"].SchemaError)
+    if "workers.jobs" in mods:
+        errors.append(mods["workers.jobs"].BrokerError)
+    if "sqlalchemy" in mods:
+        errors.append(mods["sqlalchemy"].exc.OperationalError)
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise
+        from workers.settings import redact
+
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "sqlalchemy" in type(e).__module__:
+            text = f"the database is unreachable: {redact(text)}"
+        _err(redact(text))
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""What each job kind does: read the job's params, call ``pipeline``, write its results.
+
+Every write is idempotent: a job run again after its worker died resumes or rewrites, and
+never duplicates a row (unique keys and skip-if-present)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+
+import pipeline
+from db.models import Checkpoint, Conversion, EpochMetric, GeneratedWord, Job, Model, Score, utcnow
+from db.session import session
+from pipeline import artifacts
+from pipeline.config import from_dict
+from pipeline.evaluate import check_words
+from pipeline.metrics import distinct_verbs, gaussian_score
+from pipeline.tenses import tense_code
+from pipeline.training import EpochReport, resolve_device
+
+from .runner import Cancelled, JobContext, LostClaim, latest_checkpoint
+
+BATCH = 2048  # conversion lines per transaction (and per cancellation check)
+
+
+@lru_cache(maxsize=4)
+def load_model(ref: str | int) -> pipeline.TenseCVAE:
+    """'pretrained' or a model id in the database (models never change once written)."""
+    device = resolve_device("auto")
+    if ref in (None, "pretrained"):
+        return artifacts.load_pretrained(device)
+    with session() as s:
+        row = s.get(Model, int(ref))
+        if row is None:
+            raise pipeline.ModelLoadError(f"model {ref} is not in the database")
+        if artifacts.sha256(row.weights) != row.sha256:
+            raise pipeline.ModelLoadError(f"model {ref}: weights do not match their sha256")
+        return artifacts.from_bytes(row.weights, f"model {ref}").to(device)
+
+
+def _model_id(ref: Any) -> int | None:
+    return None if ref in (None, "pretrained") else int(ref)
+
+
+# -- scores ------------------------------------------------------------------------------------
+
+
+def score_rows(figures: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
+    rows = [{"name": "bleu4", "value": figures["bleu4"], "spread": None, "repeats": 1}]
+    if figures.get("bleu4_sampled"):
+        b = figures["bleu4_sampled"]
+        rows.append(
+            {
+                "name": "bleu4_sampled",
+                "value": b["mean"],
+                "spread": b["std"],
+                "repeats": b["samples"],
+            }
+        )
+    if figures.get("gaussian_score"):
+        g = figures["gaussian_score"]
+        rows.append(
+            {
+                "name": "gaussian_score",
+                "value": g["mean"],
+                "spread": g["std"],
+                "repeats": g["draws"],
+            }
+        )
+        rows.append(
+            {
+                "name": "gaussian_distinct_verbs",
+                "value": g["distinct_verbs_mean"],
+                "spread": None,
+                "repeats": g["draws"],
+            }
+        )
+    exact_set = figures.get("exact_match_on", {}).get("file", dataset)
+    for direction, value in figures.get("exact_match", {}).items():
+        rows.append(
+            {
+                "name": f"exact_match:{direction}",
+                "value": value,
+                "spread": None,
+                "repeats": None,
+                "dataset": exact_set,
+            }
+        )
+    for r in rows:
+        r.setdefault("dataset", dataset)
+    return rows
+
+
+def write_scores(s, job_id: int, model_id: int | None, figures: dict[str, Any]) -> None:
+    s.execute(delete(Score).where(Score.job_id == job_id))
+    rows = [{**r, "job_id": job_id, "model_id": model_id} for r in score_rows(figures, "test.txt")]
+    s.execute(insert(Score), rows)
+
+
+def _summary(figures: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: figures[k]
+        for k in ("bleu4", "bleu4_sampled", "gaussian_score", "exact_match", "exact_match_on")
+        if k in figures
+    }
+
+
+# -- train -------------------------------------------------------------------------------------
+
+
+def _epoch_writer(job: Job, ctx: JobContext) -> Callable[[EpochReport], None]:
+    def on_epoch(rep: EpochReport) -> None:
+        f = rep.figures
+        data = rep.checkpoint() if rep.checkpoint_due else None
+        with session() as s:
+            if (
+                s.scalar(
+                    select(EpochMetric.id).where(
+                        EpochMetric.job_id == job.id, EpochMetric.epoch == rep.epoch
+                    )
+                )
+                is None
+            ):
+                s.add(
+                    EpochMetric(
+                        job_id=job.id,
+                        epoch=rep.epoch,
+                        figures=f,
+                        **{
+                            k: f.get(k)
+                            for k in (
+                                "loss",
+                                "recon",
+                                "kl",
+                                "beta",
+                                "teacher_forcing",
+                                "bleu4",
+                                "gaussian_score",
+                                "seconds",
+                            )
+                        },
+                    )
+                )
+            if data is not None:
+                s.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id))
+                s.add(
+                    Checkpoint(
+                        job_id=job.id, epoch=rep.epoch, data=data, sha256=artifacts.sha256(data)
+                    )
+                )
+            message = f"epoch {rep.epoch}/{rep.epochs} loss {f['loss']:.3f}" + (
+                f" bleu4 {f['bleu4']:.3f}" if "bleu4" in f else ""
+            )
+            held = s.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.worker == ctx.worker, Job.state == "running")
+                .values(
+                    progress=rep.epoch / rep.epochs * 0.95, message=message, heartbeat_at=utcnow()
+                )
+            )
+            if not held.rowcount:
+                raise LostClaim(f"job {job.id} is no longer held by {ctx.worker}")
+        ctx.check()
+
+    return on_epoch
+
+
+def train_job(job: Job, ctx: JobContext) -> dict[str, Any]:
+    config = from_dict(job.params["config"])
+    resume = latest_checkpoint(job.id)
+    result = pipeline.train(
+        config, on_epoch=_epoch_writer(job, ctx), should_stop=ctx.should_stop, resume=resume
+    )
+    if result.cancelled:
+        raise Cancelled()
+    ctx.progress(0.96, "scoring the trained model")
+    figures = pipeline.evaluate(
+        result.model,
+        bleu_samples=job.params.get("bleu_samples", 100),
+        gaussian_draws=job.params.get("gaussian_draws", 20),
+        seed=config.train.seed,
+    )
+    weights = artifacts.to_bytes(result.model.cpu(), {"job_id": job.id, "config": config.to_dict()})
+    with session() as s:
+        model = s.scalars(select(Model).where(Model.job_id == job.id)).first()
+        if model is None:
+            model = Model(
+                name=f"{config.name}-job{job.id}",
+                job_id=job.id,
+                config=config.to_dict(),
+                weights=weights,
+                sha256=artifacts.sha256(weights),
+                size_bytes=len(weights),
+                epoch=result.best_epoch,
+            )
+            s.add(model)
+            s.flush()
+        write_scores(s, job.id, model.id, figures)
+    return {
+        "model_id": model.id,
+        "epochs": len(result.history),
+        "best_epoch": result.best_epoch,
+        "resumed": resume is not None,
+        **_summary(figures),
+    }
+
+
+# -- evaluate ----------------------------------------------------------------------------------
+
+
+def evaluate_job(job: Job, ctx: JobContext) -> dict[str, Any]:
+    p = job.params
+    model = load_model(p.get("model", "pretrained"))
+    verbs = [tuple(q) for q in p["verbs"]] if p.get("verbs") else None
+    ctx.progress(0.05, "scoring")
+    figures = pipeline.evaluate(
+        model,
+        verbs=verbs,
+        verbs_name=p.get("verbs_name"),
+        bleu_samples=p.get("bleu_samples", 100),
+        gaussian_draws=p.get("gaussian_draws", 20),
+        seed=p.get("seed", 0),
+    )
+    ctx.check()
+    with session() as s:
+        write_scores(s, job.id, _model_id(p.get("model")), figures)
+    return {"model": p.get("model", "pretrained"), **_summary(figures)}
+
+
+# -- convert -----------------------------------------------------------------------------------
+
+
+def _convert_batch(model, rows: Sequence[Sequence[Any]], method: str) -> list[dict[str, Any]]:
+    """Rows (line, word, src, tgt) to conversion rows; a bad line gets its reason, the
+    good lines of the batch are still converted."""
+    out, good = [], []
+    for line, word, src, tgt in rows:
+        row = {
+            "line": line,
+            "word": str(word)[:255],
+            "src": str(src)[:32],
+            "tgt": str(tgt)[:32],
+            "output": None,
+            "error": None,
+        }
+        try:
+            row["src"], row["tgt"] = tense_code(src), tense_code(tgt)
+            (row["word"],) = check_words(model, [word])
+            good.append(row)
+        except ValueError as e:
+            row["error"] = str(e)
+        out.append(row)
+    if good:
+        outputs = pipeline.convert(
+            model,
+            [r["word"] for r in good],
+            [r["src"] for r in good],
+            [r["tgt"] for r in good],
+            method=method,
+        )
+        for r, o in zip(good, outputs, strict=True):
+            r["output"] = o
+    return out
+
+
+def convert_job(job: Job, ctx: JobContext) -> dict[str, Any]:
+    p = job.params
+    model = load_model(p.get("model", "pretrained"))
+    requests = p["requests"]
+    with session() as s:  # resume after the last batch written
+        done = set(s.scalars(select(Conversion.line).where(Conversion.job_id == job.id)))
+    todo = [r for r in requests if r[0] not in done]
+    for start in range(0, len(todo), BATCH):
+        ctx.check()
+        rows = _convert_batch(model, todo[start : start + BATCH], p.get("method", "greedy"))
+        with session() as s:
+            s.execute(insert(Conversion), [{**r, "job_id": job.id} for r in rows])
+            held = s.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.worker == ctx.worker, Job.state == "running")
+                .values(
+                    progress=(len(done) + start + len(rows)) / len(requests),
+                    message=f"{len(done) + start + len(rows)}/{len(requests)} lines",
+                )
+            )
+            if not held.rowcount:
+                raise LostClaim(f"job {job.id} is no longer held by {ctx.worker}")
+    with session() as s:
+        n_bad = s.scalar(
+            select(func.count()).where(Conversion.job_id == job.id, Conversion.error.is_not(None))
+        )
+    return {"lines": len(requests), "converted": len(requests) - n_bad, "refused": n_bad}
+
+
+# -- generate ----------------------------------------------------------------------------------
+
+
+def generate_job(job: Job, ctx: JobContext) -> dict[str, Any]:
+    p = job.params
+    model = load_model(p.get("model", "pretrained"))
+    tuples = pipeline.generate(model, p.get("n", 100), seed=p.get("seed", 0))
+    train = pipeline.data.load_train()
+    lines = {tuple(q) for q in train}
+    with session() as s:
+        s.execute(delete(GeneratedWord).where(GeneratedWord.job_id == job.id))
+        s.execute(
+            insert(GeneratedWord),
+            [
+                {
+                    "job_id": job.id,
+                    "sample": i,
+                    "sp": t[0],
+                    "tp": t[1],
+                    "pg": t[2],
+                    "p": t[3],
+                    "in_train": tuple(t) in lines,
+                }
+                for i, t in enumerate(tuples)
+            ],
+        )
+    return {
+        "n": len(tuples),
+        "gaussian_score": gaussian_score(tuples, train),
+        "distinct_verbs": distinct_verbs(tuples, train),
+    }
+
+
+HANDLERS: dict[str, Callable[[Job, JobContext], dict[str, Any]]] = {
+    "train": train_job,
+    "evaluate": evaluate_job,
+    "convert": convert_job,
+    "generate": generate_job,
+}

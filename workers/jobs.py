@@ -1,0 +1,116 @@
+"""Submitting, sending and cancelling jobs: what the CLI and tests call."""
+
+from __future__ import annotations
+
+import getpass
+import logging
+from typing import Any
+
+from sqlalchemy import update
+
+from db.migrate import ensure_schema
+from db.models import FINAL_STATES, Job, utcnow
+from db.session import session
+
+from . import settings
+
+log = logging.getLogger("tensevae.jobs")
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def send(job_id: int, kind: str, queue: str) -> None:
+    """Put the job's id on its queue; the job's row already says everything else."""
+    from .app import app_for
+
+    try:
+        app_for(settings.broker_url()).send_task(
+            f"tensevae.{kind}",
+            args=[job_id],
+            queue=queue,
+            routing_key=queue,
+            retry=True,
+            retry_policy={
+                "max_retries": 3,
+                "interval_start": 0.5,
+                "interval_step": 1,
+                "interval_max": 3,
+            },
+        )
+    except Exception as e:
+        raise BrokerError(
+            f"could not reach the broker at {settings.redact(settings.broker_url())}: "
+            f"{type(e).__name__}"
+        ) from None
+
+
+def submit(
+    kind: str,
+    params: dict[str, Any],
+    *,
+    queue: str | None = None,
+    time_limit_s: float | None = None,
+    input_model_id: int | None = None,
+) -> int:
+    """Record a queued job and send it; returns its id. If the broker cannot be reached
+    the job is marked failed with that reason, never left queued with no message."""
+    if kind not in settings.QUEUES:
+        raise ValueError(f"unknown job kind {kind!r}")
+    ensure_schema()
+    queue = queue or settings.queue_for(kind)
+    with session() as s:
+        job = Job(
+            kind=kind,
+            state="queued",
+            queue=queue,
+            params=params,
+            submitted_by=_user(),
+            time_limit_s=time_limit_s or settings.time_limit(kind),
+            input_model_id=input_model_id,
+            progress=0.0,
+            attempts=0,
+            cancel_requested=False,
+            created_at=utcnow(),
+        )
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    try:
+        send(job_id, kind, queue)
+    except BrokerError as e:
+        with session() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(state="failed", error=str(e), finished_at=utcnow())
+            )
+        raise
+    return job_id
+
+
+def cancel(job_id: int) -> str:
+    """Ask a job to stop. A queued job is cancelled at once; a running one stops within
+    one epoch or one batch of conversions. Returns the job's state after the request."""
+    with session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise LookupError(f"no job {job_id}")
+        if job.state in FINAL_STATES:
+            return job.state
+        job.cancel_requested = True
+        if job.state == "queued":
+            job.state, job.finished_at, job.message = (
+                "cancelled",
+                utcnow(),
+                "cancelled while queued",
+            )
+        return job.state
