@@ -25,12 +25,18 @@ _MAX_HEADER = 10_000_000
 
 
 def describe(model: TenseCVAE, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "format": FORMAT,
-        "model": dataclasses.asdict(model.config),
-        "vocab": model.vocab.chars,
-        **(extra or {}),
-    }
+    meta = {"format": FORMAT, "model": dataclasses.asdict(model.config), "vocab": model.vocab.chars}
+    return {**meta, "digest": digest(meta, model.state_dict()), **(extra or {})}
+
+
+def digest(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over config, vocabulary and weights: a damaged or edited model fails to load
+    rather than converting with the wrong alphabet."""
+    h = hashlib.sha256(json.dumps([meta.get("model"), meta.get("vocab")], sort_keys=True).encode())
+    for k in sorted(tensors):
+        h.update(k.encode())
+        h.update(tensors[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _pack(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
@@ -58,19 +64,27 @@ def _unpack(data: bytes, what: str) -> tuple[dict[str, torch.Tensor], dict[str, 
     return tensors, metadata
 
 
+_SIZE_LIMIT = 16384  # no real tensevae model comes near; guards against absurd allocations
+
+
 def _build(meta: dict[str, Any], what: str) -> TenseCVAE:
-    if meta.get("format") != FORMAT:
-        raise ModelLoadError(f"{what}: format {meta.get('format')!r} is not {FORMAT!r}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ModelLoadError(f"{what}: format {found!r} is not {FORMAT!r}")
     try:
         known = {f.name for f in dataclasses.fields(ModelConfig)}
         unknown = set(meta["model"]) - known
         if unknown:
             raise ModelLoadError(f"{what}: config has keys this version lacks: {sorted(unknown)}")
-        return TenseCVAE(ModelConfig(**meta["model"]), Vocab(meta["vocab"]))
-    except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, ModelLoadError):
-            raise
-        raise ModelLoadError(f"{what}: config or vocabulary unreadable ({e})") from None
+        config = ModelConfig(**meta["model"])
+        sizes = (config.hidden_size, config.latent_size, config.tense_embedding, config.char_embedding)
+        if not all(isinstance(n, int) and 0 < n <= _SIZE_LIMIT for n in sizes):
+            raise ModelLoadError(f"{what}: config sizes {sizes} are not plausible")
+        return TenseCVAE(config, Vocab(meta["vocab"]))
+    except ModelLoadError:
+        raise
+    except Exception as e:  # any other malformed value in a config read from outside
+        raise ModelLoadError(f"{what}: config or vocabulary unreadable ({type(e).__name__})") from None
 
 
 def _load_weights(model: TenseCVAE, tensors: dict[str, torch.Tensor], what: str) -> TenseCVAE:
@@ -93,6 +107,12 @@ def _load_weights(model: TenseCVAE, tensors: dict[str, torch.Tensor], what: str)
     return model.eval()
 
 
+def _verify(meta: dict[str, Any], tensors: dict[str, torch.Tensor], what: str) -> None:
+    if "digest" in meta and digest(meta, tensors) != meta["digest"]:
+        raise ModelLoadError(f"{what}: config, vocabulary and weights do not match their checksum "
+                             "(damaged or edited)")
+
+
 def to_bytes(model: TenseCVAE, extra: dict[str, Any] | None = None) -> bytes:
     """The model as one safetensors blob whose metadata holds config and vocabulary."""
     return _pack(model.state_dict(), {"tensevae": json.dumps(describe(model, extra))})
@@ -104,7 +124,9 @@ def from_bytes(data: bytes, what: str = "model bytes") -> TenseCVAE:
         meta = json.loads(metadata["tensevae"])
     except (KeyError, json.JSONDecodeError):
         raise ModelLoadError(f"{what}: no tensevae config in the metadata") from None
-    return _load_weights(_build(meta, what), tensors, what)
+    model = _load_weights(_build(meta, what), tensors, what)
+    _verify(meta, tensors, what)
+    return model
 
 
 def sha256(data: bytes) -> str:
@@ -137,7 +159,9 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> TenseCVAE:
     if not isinstance(meta, dict):
         raise ModelLoadError(f"{cfg}: not a tensevae model config")
     tensors, _ = _unpack(weights.read_bytes(), str(weights))
-    return _load_weights(_build(meta, str(cfg)), tensors, str(weights)).to(device)
+    model = _load_weights(_build(meta, str(cfg)), tensors, str(weights))
+    _verify(meta, tensors, str(folder))
+    return model.to(device)
 
 
 def metadata(folder: str | Path) -> dict[str, Any]:
@@ -197,7 +221,9 @@ def checkpoint_from_bytes(data: bytes) -> dict[str, Any]:
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ModelLoadError(f"{what}: format {meta.get('format')!r} is not {CHECKPOINT_FORMAT!r}")
     model = _build(meta["model"], what)
-    _load_weights(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, what)
+    weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    _load_weights(model, weights, what)
+    _verify(meta["model"], weights, what)
     slots: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):

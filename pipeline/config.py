@@ -50,6 +50,7 @@ class TrainConfig:
     tf_shape: str = "linear"  # constant, linear, cosine or step (halfway)
     word_dropout: float = 0.0  # share of decoder input characters replaced by <unk>
     val_fraction: float = 0.0  # share of verbs held out for validation (split by verb)
+    max_lines: int = 0  # train on the first N lines only (smoke tests); 0: all
     select: str = "last"  # which epoch's weights to keep: last, or best on val_exact / bleu4
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
@@ -158,6 +159,7 @@ def validate(cfg: Config) -> None:
         (0 <= t.tf_start <= 1 and 0 <= t.tf_end <= 1, "teacher-forcing ratios must lie in [0, 1]"),
         (0 <= t.word_dropout < 1, "train.word_dropout must lie in [0, 1)"),
         (0 <= t.val_fraction < 1, "train.val_fraction must lie in [0, 1)"),
+        (t.max_lines >= 0, "train.max_lines must be >= 0"),
         (
             t.select in ("last", "val_exact", "bleu4"),
             "train.select must be last, val_exact or bleu4",

@@ -235,11 +235,21 @@ def make_batch(pairs: Sequence[tuple[str, int, str, int]], vocab: Vocab) -> Batc
 
 
 def batches(pairs: Sequence, vocab: Vocab, size: int, generator: torch.Generator | None = None):
-    """Batches over the pairs, shuffled by ``generator`` when given."""
-    order = torch.randperm(len(pairs), generator=generator) if generator is not None else None
-    idx = order.tolist() if order is not None else list(range(len(pairs)))
-    for start in range(0, len(idx), size):
-        yield make_batch([pairs[i] for i in idx[start : start + size]], vocab)
+    """Batches over the pairs. With a ``generator`` the pairs are shuffled, then grouped by
+    length within windows of 32 batches, so a batch holds words of similar length and pads
+    little; the batches themselves come in shuffled order."""
+    if generator is None:
+        for start in range(0, len(pairs), size):
+            yield make_batch(pairs[start : start + size], vocab)
+        return
+    order = torch.randperm(len(pairs), generator=generator).tolist()
+    window = size * 32
+    groups = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: (len(pairs[i][2]), len(pairs[i][0])))
+        groups += [chunk[k : k + size] for k in range(0, len(chunk), size)]
+    for g in torch.randperm(len(groups), generator=generator).tolist():
+        yield make_batch([pairs[i] for i in groups[g]], vocab)
 
 
 def train_lines(quads: Sequence[Quad]) -> set[Quad]:

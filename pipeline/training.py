@@ -72,7 +72,7 @@ class Trainer:
         self.config, self.device = config, device
         t = config.train
         kept, self.val_quads = split_by_verb(train_quads, t.val_fraction, t.seed, test_words())
-        self.pairs = make_pairs(kept, t.pairs)
+        self.pairs = make_pairs(kept[: t.max_lines or None], t.pairs)
         torch.manual_seed(t.seed)  # weight initialisation
         self.model = TenseCVAE(config.model, Vocab()).to(device)
         self.optimizer = make_optimizer(self.model, config)
@@ -135,6 +135,19 @@ class Trainer:
                 token = torch.where(coins[:, i + 1], inputs[:, i + 1], logits.argmax(-1))
         return torch.stack(out, dim=1)
 
+    @staticmethod
+    def _kl(mu, logvar, used: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+        """KL per latent dimension (Z,), averaged over the words whose z came from their
+        posterior, and the share of the batch those words are. A word decoded from prior
+        noise (context_prior_z) never used q(z|x), so its ELBO has no KL term."""
+        kl = kl_divergence(mu, logvar)  # (B, Z)
+        if used is None:
+            return kl.mean(0), 1.0
+        n = int(used.sum())
+        if n == 0:
+            return kl.new_zeros(kl.size(1)), 0.0
+        return kl[used].mean(0), n / kl.size(0)
+
     def train_step(self, b: Batch) -> dict[str, float]:
         t, m = self.config.train, self.model
         beta = kl_weight(
@@ -151,17 +164,18 @@ class Trainer:
         )
         post = m.encode(b.src, b.src_len, b.src_tense)
         z = m.reparameterize(post.mu, post.logvar, self.generator)
-        use_context = None
+        use_context = posterior_used = None
         if m.config.attention:
             keep = torch.rand(z.size(0), generator=self.generator) >= m.config.context_dropout
             use_context = keep.to(z.device)
             if m.config.context_prior_z:
                 noise = torch.randn(z.shape, generator=self.generator).to(z.device)
                 z = torch.where(use_context.unsqueeze(1), noise, z)
+                posterior_used = ~use_context
         state = m.init_decoder(z, b.tgt_tense, post, use_context)
         recon = reconstruction_loss(self._logits(b, state, tf), b.tgt_out).mean()
-        kl_dims = kl_divergence(post.mu, post.logvar).mean(0)  # (Z,)
-        kl_term = kl_dims.clamp(min=t.free_bits).sum() if t.free_bits > 0 else kl_dims.sum()
+        kl_dims, share = self._kl(post.mu, post.logvar, posterior_used)
+        kl_term = share * (kl_dims.clamp(min=t.free_bits).sum() if t.free_bits > 0 else kl_dims.sum())
         loss = recon + beta * kl_term
         if not torch.isfinite(loss):
             raise TrainingDiverged(

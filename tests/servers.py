@@ -82,7 +82,7 @@ class Backend:
             else:
                 os.environ[k] = v
 
-    def start_worker(self, name: str, queues: str = "gpu,cpu") -> subprocess.Popen:
+    def start_worker(self, name: str, queues: str = "gpu,cpu", **env: str) -> subprocess.Popen:
         """A real worker process; returns once it has announced itself in the database."""
         from db.queries import queue_status
 
@@ -107,7 +107,7 @@ class Backend:
         self.procs.append(p)
         deadline = time.time() + 60
         while time.time() < deadline:
-            if any(w["name"].startswith(name) for w in queue_status()["workers"]):
+            if any(name in w["name"] for w in queue_status()["workers"]):
                 return p
             if p.poll() is not None:
                 raise RuntimeError(f"worker {name} exited: {Path(log.name).read_text()[-2000:]}")

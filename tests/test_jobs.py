@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from tests.servers import Backend, drop_postgres, postgres_url, redis_url, wait_for
 
-TINY = ["train.epochs=1", "train.threads=1", "train.eval_gaussian_draws=0"]
+TINY = ["train.epochs=1", "train.threads=1", "train.eval_gaussian_draws=0", "train.max_lines=300"]
 
 
 @pytest.fixture(scope="module", params=["embedded", "redis+postgres"])
@@ -30,14 +30,13 @@ def backend(request, tmp_path_factory):
         drop_postgres(*dropper)
 
 
-def _submit_train(overrides=(), **params):
+def _submit_train(overrides=(), queue=None, **params):
     from pipeline.config import load_config
     from workers.jobs import submit
 
     cfg = load_config("tiny", [*TINY, *overrides])
-    return submit(
-        "train", {"config": cfg.to_dict(), "bleu_samples": 3, "gaussian_draws": 2, **params}
-    )
+    params = {"config": cfg.to_dict(), "bleu_samples": 3, "gaussian_draws": 2, **params}
+    return submit("train", params, queue=queue)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +50,7 @@ def test_training_job_end_to_end(backend, trained):
     from db.session import session
 
     assert trained["state"] == "succeeded", trained["error"]
-    assert trained["worker"].startswith("w1") and trained["attempts"] == 1
+    assert "w1" in trained["worker"] and trained["attempts"] == 1
     result = trained["result"]
     assert 0 <= result["bleu4"] <= 1 and result["gaussian_score"]["draws"] == 2
     with session() as s:
@@ -174,3 +173,46 @@ def test_a_second_delivery_of_a_finished_job_does_nothing(backend, trained):
     from workers import runner
 
     assert runner.run_job(trained["id"], "late-duplicate") == "skipped"
+
+
+def test_a_job_past_its_time_limit_fails_with_the_reason(backend):
+    from pipeline.config import load_config
+    from workers.jobs import submit
+
+    cfg = load_config("tiny", [*TINY, "train.epochs=200"])
+    job = wait_for(submit("train", {"config": cfg.to_dict()}, time_limit_s=2))
+    assert job["state"] == "failed" and job["error"].startswith("TimeLimit: time limit of 2 s")
+
+
+def test_a_worker_killed_mid_training_is_resumed_from_its_checkpoint(backend):
+    """kill -9 the only worker after two epochs; a new worker finds the job's heartbeat stale,
+    takes it back and resumes from the last checkpoint; the figures equal those of an
+    uninterrupted run with the same seed, and no epoch is written twice."""
+    import time
+
+    import pipeline
+    from db.queries import epoch_figures
+    from pipeline.config import load_config
+
+    overrides = ["train.epochs=5", "train.eval_gaussian_draws=1"]
+    queue = f"resume-{backend.name.replace('+', '-')}"  # no other worker listens here
+    victim = backend.start_worker("victim", queues=queue, TENSEVAE_STALE_AFTER="4")
+    job_id = _submit_train(overrides, queue=queue, bleu_samples=2, gaussian_draws=1)
+    deadline = time.time() + 120
+    while len(epoch_figures(job_id)) < 2:
+        assert time.time() < deadline, "training never reached epoch 2"
+        time.sleep(0.1)
+    victim.kill()
+    victim.wait()
+    backend.start_worker("rescuer", queues=queue, TENSEVAE_STALE_AFTER="4")
+    job = wait_for(job_id, timeout=240)
+    assert job["state"] == "succeeded", job["error"]
+    assert job["attempts"] == 2 and job["result"]["resumed"] is True and "rescuer" in job["worker"], job
+    figures = epoch_figures(job_id)
+    assert [f["epoch"] for f in figures] == [1, 2, 3, 4, 5]
+    expected = pipeline.train(load_config("tiny", [*TINY, *overrides])).history
+    drop = {"seconds", "words_per_s"}
+    for got, want in zip(figures, expected, strict=True):
+        assert {k: v for k, v in got.items() if k not in drop} == pytest.approx(
+            {k: v for k, v in want.items() if k not in drop}
+        )

@@ -104,7 +104,7 @@ def test_model_round_trips_through_bytes_and_folder(tiny_run, tmp_path):
 def test_damaged_models_fail_with_one_line(tiny_run, tmp_path):
     model = tiny_run[0].model
     data = pipeline.to_bytes(model)
-    for bad in (data[: len(data) // 2], b"", b"not a model at all", data[:8] + b"{" + data[9:]):
+    for bad in (data[: len(data) // 2], b"", b"not a model at all", data[:8] + b"[" + data[9:]):
         with pytest.raises(ModelLoadError):
             pipeline.from_bytes(bad)
     folder = pipeline.save(model, tmp_path / "m")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from functools import cache
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from . import settings
 
@@ -17,7 +17,7 @@ def make_app(broker: str | None = None) -> Celery:
     app = Celery("tensevae", broker=broker, include=["workers.tasks"])
     queues = settings.all_queues()
     app.conf.update(
-        task_queues=[Queue(q, routing_key=q) for q in queues],
+        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in queues],
         task_default_queue=settings.queue_for("convert"),
         task_routes={f"tensevae.{k}": {"queue": settings.queue_for(k)} for k in settings.QUEUES},
         # The database holds results and states; Celery carries only job ids.

@@ -1,0 +1,93 @@
+"""Job-path figures for benchmarks/speed.py, run in the environment it is given: prints
+one JSON line of {figure: [median, min, max]}."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from db.migrate import upgrade  # noqa: E402
+from db.queries import get_job, queue_status  # noqa: E402
+from pipeline.data import load_train  # noqa: E402
+from workers.jobs import submit  # noqa: E402
+
+
+def med(values):
+    v = sorted(values)
+    return [statistics.median(v), v[0], v[-1]]
+
+
+def start_worker(name: str) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--queues", "gpu,cpu",
+                          "--name", name, "--loglevel", "error"],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not any(name in w["name"] for w in queue_status()["workers"]):
+        time.sleep(0.2)
+    return p
+
+
+def wait(job_id: int) -> dict:
+    while True:
+        job = get_job(job_id)
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+
+
+def seconds(a: str, b: str) -> float:
+    from datetime import datetime
+
+    return (datetime.fromisoformat(b[:-1]) - datetime.fromisoformat(a[:-1])).total_seconds()
+
+
+def main() -> None:
+    bulk, repeats = int(sys.argv[1]), int(sys.argv[2])
+    upgrade()
+    out = {}
+    workers = [start_worker("bench1")]
+    # Latency: a tiny generation job, one at a time, submit -> started_at.
+    latency = []
+    for i in range(10):
+        job = wait(submit("generate", {"n": 1, "seed": i}))
+        latency.append(seconds(job["created_at"], job["started_at"]) if job["started_at"] else 0)
+    out["submit-to-start latency (s)"] = med(latency)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ids = [submit("generate", {"n": 1, "seed": i}) for i in range(20)]
+        for i in ids:
+            wait(i)
+        rates.append(20 / (time.perf_counter() - start))
+    out["jobs/s through one worker"] = med(rates)
+    words = [w for q in load_train() for w in q]
+    requests = [[i + 1, words[i % len(words)], "sp", "p"] for i in range(bulk)]
+    for n_workers in (1, 2):
+        while len(workers) < n_workers:
+            workers.append(start_worker(f"bench{len(workers) + 1}"))
+        rates = []
+        for _ in range(repeats):
+            # Split the lines into one job per worker, as a user scaling out would.
+            chunk = -(-bulk // n_workers)
+            start = time.perf_counter()
+            ids = [submit("convert", {"requests": requests[k : k + chunk]}) for k in range(0, bulk, chunk)]
+            for i in ids:
+                assert wait(i)["state"] == "succeeded"
+            rates.append(bulk / (time.perf_counter() - start))
+        out[f"bulk conversion of {bulk} lines, {n_workers} worker(s) (lines/s)"] = med(rates)
+    for p in workers:
+        p.terminate()
+        p.wait()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

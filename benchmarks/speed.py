@@ -1,0 +1,237 @@
+"""Speed benchmark: training against a per-word reference loop and the machine's matmul
+ceiling, conversion in-process and through the queue, a cold one-off conversion, and the
+queue's own overhead.
+
+    python benchmarks/speed.py [--repeats 3] [--bulk-lines 100000] [--out benchmarks/results/speed.md]
+
+Every figure is the median over repeats with its spread (min-max). Broker and database are
+the no-server default unless TENSEVAE_BROKER_URL / TENSEVAE_DATABASE_URL are set; --servers
+uses this machine's Redis and PostgreSQL for the job figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import pipeline  # noqa: E402
+from pipeline.data import load_train, make_pairs  # noqa: E402
+from pipeline.evaluate import convert  # noqa: E402
+from pipeline.training import Trainer  # noqa: E402
+
+
+def med(values) -> tuple[float, float, float]:
+    v = sorted(values)
+    return statistics.median(v), v[0], v[-1]
+
+
+def fmt(m, unit="", digits=0) -> str:
+    return f"{m[0]:,.{digits}f}{unit} ({m[1]:,.{digits}f}-{m[2]:,.{digits}f})"
+
+
+# -- training ----------------------------------------------------------------------------------
+
+def train_rate(config, batches: int, repeats: int) -> tuple[tuple, float]:
+    """Words/s of tensevae's training step, and useful FLOPs per word (no padding counted)."""
+    trainer = Trainer(config, load_train(), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    from pipeline.data import batches as make_batches
+
+    data = list(make_batches(trainer.pairs, trainer.model.vocab, config.train.batch_size, gen))
+    trainer.model.train()
+    for b in data[:3]:
+        trainer.train_step(b)
+    rates, flops = [], []
+    for r in range(repeats):
+        chosen = data[3 + r * batches : 3 + (r + 1) * batches]
+        words = sum(b.src.size(0) for b in chosen)
+        flops.append(sum(step_flops(config.model, b) for b in chosen) / words)
+        start = time.perf_counter()
+        for b in chosen:
+            trainer.train_step(b)
+        rates.append(words / (time.perf_counter() - start))
+    return med(rates), statistics.fmean(flops)
+
+
+def step_flops(m, b) -> float:
+    """Forward + backward floating-point operations of one batch, counted from the real word
+    lengths: LSTM gate products, attention, projections; backward taken as twice forward."""
+    H, Z, E, C, V = m.hidden_size, m.latent_size, m.tense_embedding, m.char_embedding, 30
+    D = 2 if m.bidirectional else 1
+    He = H * D
+    src = b.src_len.float()
+    tgt = (b.tgt_out != 0).sum(1).float()
+    dec_in = C + (Z + E if m.decoder_input_z else 0) + (H if m.attention else 0)
+    enc = src * D * 2 * 4 * H * (C + H)
+    heads = 2 * 2 * He * Z + 2 * (Z + E) * 2 * H + 2 * E * 2 * H * D
+    dec = tgt * 2 * 4 * H * (dec_in + H)
+    out = tgt * 2 * H * V
+    attn = tgt * (2 * H * He + 4 * src * He + 2 * (H + He + 1) * H) if m.attention else 0
+    forward = enc + heads + dec + out + attn
+    return float((3 * forward).sum())
+
+
+def matmul_ceiling(repeats: int, n: int = 1024) -> tuple:
+    a, c = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ c
+    rates = []
+    for _ in range(repeats):
+        k = 20
+        start = time.perf_counter()
+        for _ in range(k):
+            a @ c
+        rates.append(2 * n**3 * k / (time.perf_counter() - start))
+    return med(rates)
+
+
+def per_word_reference(repeats: int, words: int = 30) -> tuple:
+    """The reference report's way: one word per optimizer step, the decoder run step by step
+    with a teacher-forcing coin flip at each step, same model size (hidden 256, latent 32)."""
+    cfg = pipeline.load_config("lab")
+    torch.manual_seed(0)
+    model = pipeline.TenseCVAE(cfg.model, pipeline.model.Vocab())
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    pairs = make_pairs(load_train()[:200], "same")
+    from pipeline.data import make_batch
+
+    rates = []
+    for r in range(repeats):
+        start = time.perf_counter()
+        for p in pairs[r * words : (r + 1) * words]:
+            b = make_batch([p], model.vocab)
+            post = model.encode(b.src, b.src_len, b.src_tense)
+            z = model.reparameterize(post.mu, post.logvar)
+            state = model.init_decoder(z, b.tgt_tense, post)
+            token, loss = b.tgt_in[:, 0], 0.0
+            for t in range(b.tgt_out.size(1)):
+                logits, state = model.decode_step(token, state)
+                loss = loss + torch.nn.functional.cross_entropy(logits, b.tgt_out[:, t])
+                forced = torch.rand(()) < 0.5
+                token = b.tgt_out[:, t] if forced else logits.argmax(-1)
+            kl = pipeline.model.kl_divergence(post.mu, post.logvar).sum()
+            opt.zero_grad()
+            (loss + kl).backward()
+            opt.step()
+        rates.append(words / (time.perf_counter() - start))
+    return med(rates)
+
+
+# -- conversion --------------------------------------------------------------------------------
+
+def conversion_rates(model, repeats: int) -> dict:
+    words = [w for q in load_train() for w in q][:4096]
+    out = {}
+    for name, kw in (("greedy fp32", {}), ("beam 4 fp32", {"method": "beam"})):
+        n = len(words) if name.startswith("greedy") else 512
+        rates = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            convert(model, words[:n], "sp", "p", **kw)
+            rates.append(n / (time.perf_counter() - start))
+        out[name] = med(rates)
+    reference = convert(model, words, "sp", "p")
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = convert(model, words, "sp", "p")
+        rates.append(len(words) / (time.perf_counter() - start))
+    out["greedy bf16 autocast"] = med(rates)
+    out["bf16 identical outputs"] = sum(a == b for a, b in zip(low, reference, strict=True)) / len(words)
+    return out
+
+
+def cold_convert(repeats: int) -> dict:
+    code = (
+        "import time; t0 = time.perf_counter(); import pipeline; from pipeline import artifacts;"
+        "t1 = time.perf_counter(); m = artifacts.load_pretrained(); t2 = time.perf_counter();"
+        "pipeline.convert(m, ['abandon'], 'sp', 'p'); t3 = time.perf_counter();"
+        "print(t1 - t0, t2 - t1, t3 - t2)"
+    )
+    whole, parts = [], []
+    tv = str(Path(sys.executable).with_name("tensevae"))
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([tv, "convert", "abandon", "--from", "sp", "--to", "p"], check=True,
+                       capture_output=True, cwd=ROOT)
+        whole.append(time.perf_counter() - start)
+        p = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
+        parts.append([float(x) for x in p.stdout.split()])
+    return {"whole command (s)": med(whole), "imports (s)": med(p[0] for p in parts),
+            "model load (s)": med(p[1] for p in parts), "decode (s)": med(p[2] for p in parts)}
+
+
+# -- the job path ------------------------------------------------------------------------------
+
+def job_figures(env: dict, bulk_lines: int, repeats: int) -> dict:
+    """Submit-to-start latency, jobs/s through one worker, and a bulk conversion job end to
+    end with one and with two workers; runs in a subprocess with the given environment."""
+    script = ROOT / "benchmarks" / "_jobs.py"
+    p = subprocess.run([sys.executable, str(script), str(bulk_lines), str(repeats)],
+                       env={**os.environ, **env}, capture_output=True, text=True, cwd=ROOT)
+    if p.returncode:
+        raise RuntimeError(p.stderr[-3000:])
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument("--bulk-lines", type=int, default=100_000)
+    ap.add_argument("--servers", action="store_true", help="also measure with Redis + PostgreSQL")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.md"))
+    args = ap.parse_args()
+    R = args.repeats
+    config = pipeline.load_config("default")
+    rows = []
+
+    rate, flops = train_rate(config, args.batches, R)
+    ref = per_word_reference(R)
+    ceiling = matmul_ceiling(R)
+    rows += [("training step, default config (words/s)", fmt(rate)),
+             ("per-word reference loop, same size (words/s)", fmt(ref, digits=1)),
+             ("ratio", f"{rate[0] / ref[0]:.0f}x"),
+             ("useful GFLOP per word (forward + backward)", f"{flops / 1e9:.4f}"),
+             ("fp32 matmul ceiling, 1024^3 (GFLOP/s)", fmt(tuple(x / 1e9 for x in ceiling))),
+             ("training step's share of the ceiling", f"{rate[0] * flops / ceiling[0]:.0%}")]
+    model = pipeline.load_pretrained()
+    for k, v in conversion_rates(model, R).items():
+        rows.append((f"conversion {k}" + ("" if "identical" in k else " (words/s)"),
+                     f"{v:.1%}" if isinstance(v, float) else fmt(v)))
+    for k, v in cold_convert(R).items():
+        rows.append((f"cold one-off convert: {k}", fmt(v, digits=3)))
+    backends = [("no-server default", {})]
+    if args.servers:
+        backends.append(("Redis + PostgreSQL", {
+            "TENSEVAE_BROKER_URL": os.environ.get("TENSEVAE_TEST_REDIS_URL", "redis://127.0.0.1:6379/14"),
+            "TENSEVAE_DATABASE_URL": os.environ.get("TENSEVAE_TEST_POSTGRES_URL",
+                                                    "postgresql://postgres@127.0.0.1:5432/test")}))
+    for name, env in backends:
+        with tempfile.TemporaryDirectory() as home:
+            figs = job_figures({**env, "TENSEVAE_HOME": home}, args.bulk_lines, R)
+        for k, v in figs.items():
+            rows.append((f"{name}: {k}", fmt(v, digits=3 if "latency" in k else 0)))
+    header = (f"# tensevae speed benchmark\n\nCommand: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`  \n"
+              f"Machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+              f"no GPU. Median (min-max) over {R} repeats.\n\n| figure | value |\n|---|---|\n")
+    text = header + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
