@@ -26,10 +26,24 @@ def med(values):
 
 
 def start_worker(name: str) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--queues", "gpu,cpu",
-                          "--name", name, "--loglevel", "error"],
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "workers.cli",
+            "worker",
+            "--queues",
+            "gpu,cpu",
+            "--name",
+            name,
+            "--loglevel",
+            "error",
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     while not any(name in w["name"] for w in queue_status()["workers"]):
         time.sleep(0.2)
     return p
@@ -78,7 +92,10 @@ def main() -> None:
             # Split the lines into one job per worker, as a user scaling out would.
             chunk = -(-bulk // n_workers)
             start = time.perf_counter()
-            ids = [submit("convert", {"requests": requests[k : k + chunk]}) for k in range(0, bulk, chunk)]
+            ids = [
+                submit("convert", {"requests": requests[k : k + chunk]})
+                for k in range(0, bulk, chunk)
+            ]
             for i in ids:
                 assert wait(i)["state"] == "succeeded"
             rates.append(bulk / (time.perf_counter() - start))

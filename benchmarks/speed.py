@@ -42,6 +42,7 @@ def fmt(m, unit="", digits=0) -> str:
 
 # -- training ----------------------------------------------------------------------------------
 
+
 def train_rate(config, batches: int, repeats: int) -> tuple[tuple, float]:
     """Words/s of tensevae's training step, and useful FLOPs per word (no padding counted)."""
     trainer = Trainer(config, load_train(), torch.device("cpu"))
@@ -130,6 +131,7 @@ def per_word_reference(repeats: int, words: int = 30) -> tuple:
 
 # -- conversion --------------------------------------------------------------------------------
 
+
 def conversion_rates(model, repeats: int) -> dict:
     words = [w for q in load_train() for w in q][:4096]
     out = {}
@@ -149,7 +151,9 @@ def conversion_rates(model, repeats: int) -> dict:
             low = convert(model, words, "sp", "p")
         rates.append(len(words) / (time.perf_counter() - start))
     out["greedy bf16 autocast"] = med(rates)
-    out["bf16 identical outputs"] = sum(a == b for a, b in zip(low, reference, strict=True)) / len(words)
+    out["bf16 identical outputs"] = sum(a == b for a, b in zip(low, reference, strict=True)) / len(
+        words
+    )
     return out
 
 
@@ -164,23 +168,39 @@ def cold_convert(repeats: int) -> dict:
     tv = str(Path(sys.executable).with_name("tensevae"))
     for _ in range(repeats):
         start = time.perf_counter()
-        subprocess.run([tv, "convert", "abandon", "--from", "sp", "--to", "p"], check=True,
-                       capture_output=True, cwd=ROOT)
+        subprocess.run(
+            [tv, "convert", "abandon", "--from", "sp", "--to", "p"],
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
+        )
         whole.append(time.perf_counter() - start)
-        p = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
+        p = subprocess.run(
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT
+        )
         parts.append([float(x) for x in p.stdout.split()])
-    return {"whole command (s)": med(whole), "imports (s)": med(p[0] for p in parts),
-            "model load (s)": med(p[1] for p in parts), "decode (s)": med(p[2] for p in parts)}
+    return {
+        "whole command (s)": med(whole),
+        "imports (s)": med(p[0] for p in parts),
+        "model load (s)": med(p[1] for p in parts),
+        "decode (s)": med(p[2] for p in parts),
+    }
 
 
 # -- the job path ------------------------------------------------------------------------------
+
 
 def job_figures(env: dict, bulk_lines: int, repeats: int) -> dict:
     """Submit-to-start latency, jobs/s through one worker, and a bulk conversion job end to
     end with one and with two workers; runs in a subprocess with the given environment."""
     script = ROOT / "benchmarks" / "_jobs.py"
-    p = subprocess.run([sys.executable, str(script), str(bulk_lines), str(repeats)],
-                       env={**os.environ, **env}, capture_output=True, text=True, cwd=ROOT)
+    p = subprocess.run(
+        [sys.executable, str(script), str(bulk_lines), str(repeats)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     if p.returncode:
         raise RuntimeError(p.stderr[-3000:])
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -201,32 +221,49 @@ def main() -> None:
     rate, flops = train_rate(config, args.batches, R)
     ref = per_word_reference(R)
     ceiling = matmul_ceiling(R)
-    rows += [("training step, default config (words/s)", fmt(rate)),
-             ("per-word reference loop, same size (words/s)", fmt(ref, digits=1)),
-             ("ratio", f"{rate[0] / ref[0]:.0f}x"),
-             ("useful GFLOP per word (forward + backward)", f"{flops / 1e9:.4f}"),
-             ("fp32 matmul ceiling, 1024^3 (GFLOP/s)", fmt(tuple(x / 1e9 for x in ceiling))),
-             ("training step's share of the ceiling", f"{rate[0] * flops / ceiling[0]:.0%}")]
+    rows += [
+        ("training step, default config (words/s)", fmt(rate)),
+        ("per-word reference loop, same size (words/s)", fmt(ref, digits=1)),
+        ("ratio", f"{rate[0] / ref[0]:.0f}x"),
+        ("useful GFLOP per word (forward + backward)", f"{flops / 1e9:.4f}"),
+        ("fp32 matmul ceiling, 1024^3 (GFLOP/s)", fmt(tuple(x / 1e9 for x in ceiling))),
+        ("training step's share of the ceiling", f"{rate[0] * flops / ceiling[0]:.0%}"),
+    ]
     model = pipeline.load_pretrained()
     for k, v in conversion_rates(model, R).items():
-        rows.append((f"conversion {k}" + ("" if "identical" in k else " (words/s)"),
-                     f"{v:.1%}" if isinstance(v, float) else fmt(v)))
+        rows.append(
+            (
+                f"conversion {k}" + ("" if "identical" in k else " (words/s)"),
+                f"{v:.1%}" if isinstance(v, float) else fmt(v),
+            )
+        )
     for k, v in cold_convert(R).items():
         rows.append((f"cold one-off convert: {k}", fmt(v, digits=3)))
     backends = [("no-server default", {})]
     if args.servers:
-        backends.append(("Redis + PostgreSQL", {
-            "TENSEVAE_BROKER_URL": os.environ.get("TENSEVAE_TEST_REDIS_URL", "redis://127.0.0.1:6379/14"),
-            "TENSEVAE_DATABASE_URL": os.environ.get("TENSEVAE_TEST_POSTGRES_URL",
-                                                    "postgresql://postgres@127.0.0.1:5432/test")}))
+        backends.append(
+            (
+                "Redis + PostgreSQL",
+                {
+                    "TENSEVAE_BROKER_URL": os.environ.get(
+                        "TENSEVAE_TEST_REDIS_URL", "redis://127.0.0.1:6379/14"
+                    ),
+                    "TENSEVAE_DATABASE_URL": os.environ.get(
+                        "TENSEVAE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+                    ),
+                },
+            )
+        )
     for name, env in backends:
         with tempfile.TemporaryDirectory() as home:
             figs = job_figures({**env, "TENSEVAE_HOME": home}, args.bulk_lines, R)
         for k, v in figs.items():
             rows.append((f"{name}: {k}", fmt(v, digits=3 if "latency" in k else 0)))
-    header = (f"# tensevae speed benchmark\n\nCommand: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`  \n"
-              f"Machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-              f"no GPU. Median (min-max) over {R} repeats.\n\n| figure | value |\n|---|---|\n")
+    header = (
+        f"# tensevae speed benchmark\n\nCommand: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`  \n"
+        f"Machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"no GPU. Median (min-max) over {R} repeats.\n\n| figure | value |\n|---|---|\n"
+    )
     text = header + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

@@ -175,3 +175,45 @@ def test_compose_file_parses_and_names_real_commands():
         and "password" not in text.lower().replace("postgres_password", "")
     )
     assert commands
+
+
+def test_train_through_the_queue_writes_scores_and_curves(tmp_path):
+    png = tmp_path / "curves.png"
+    p = tv("train", "--config", "tiny", "--set", "train.epochs=1", "--set", "train.max_lines=200",
+           "--samples", "2", "--draws", "1", "--wait", "--plot", str(png), home=tmp_path, check=0)  # fmt: skip
+    assert (
+        "job 1 queued (train)" in p.stdout and "bleu4" in p.stdout and "gaussian_score" in p.stdout
+    )
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    models = json.loads(
+        tv("results", "--json", "--best-by", "bleu4", home=tmp_path, check=0).stdout
+    )
+    assert models[0]["job_id"] == 1 and "bleu4" in models[0]["scores"]
+    gen = json.loads(
+        tv("generate", "-n", "3", "--model", "1", "--wait", "--json", home=tmp_path, check=0).stdout
+    )
+    assert gen["state"] == "succeeded" and gen["n"] == 3
+
+
+def test_a_model_folder_serves_one_off_and_jobs(tmp_path, tiny_run):
+    import pipeline
+
+    folder = pipeline.save(tiny_run[0].model, tmp_path / "mine")
+    expected = pipeline.convert(tiny_run[0].model, ["walk"], "sp", "p")[0]
+    p = tv(
+        "convert",
+        "walk",
+        "--from",
+        "sp",
+        "--to",
+        "p",
+        "--model",
+        str(folder),
+        home=tmp_path,
+        check=0,
+    )
+    assert p.stdout.strip() == expected
+    for _ in range(2):
+        tv("generate", "-n", "2", "--model", str(folder), "--wait", home=tmp_path, check=0)
+    models = json.loads(tv("results", "--json", home=tmp_path, check=0).stdout)
+    assert [m["name"] for m in models] == ["mine"]  # stored once, used twice

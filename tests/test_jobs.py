@@ -207,7 +207,9 @@ def test_a_worker_killed_mid_training_is_resumed_from_its_checkpoint(backend):
     backend.start_worker("rescuer", queues=queue, TENSEVAE_STALE_AFTER="4")
     job = wait_for(job_id, timeout=240)
     assert job["state"] == "succeeded", job["error"]
-    assert job["attempts"] == 2 and job["result"]["resumed"] is True and "rescuer" in job["worker"], job
+    assert (
+        job["attempts"] == 2 and job["result"]["resumed"] is True and "rescuer" in job["worker"]
+    ), job
     figures = epoch_figures(job_id)
     assert [f["epoch"] for f in figures] == [1, 2, 3, 4, 5]
     expected = pipeline.train(load_config("tiny", [*TINY, *overrides])).history
@@ -216,3 +218,32 @@ def test_a_worker_killed_mid_training_is_resumed_from_its_checkpoint(backend):
         assert {k: v for k, v in got.items() if k not in drop} == pytest.approx(
             {k: v for k, v in want.items() if k not in drop}
         )
+
+
+def test_messages_lost_by_redis_are_sent_again(backend):
+    """A Redis restarted without persistence loses queued messages; the database still has
+    the rows, and a worker's heartbeat sends them again."""
+    if backend.name != "redis+postgres":
+        pytest.skip("the embedded broker keeps its messages in its own database")
+    from datetime import timedelta
+
+    import redis
+    from sqlalchemy import update
+
+    from db.models import Job, utcnow
+    from db.session import session
+    from workers import runner, settings
+    from workers.jobs import submit
+
+    r = redis.Redis.from_url(settings.broker_url())
+    job_id = submit("generate", {"n": 1}, queue="lost-and-found")
+    assert r.llen("lost-and-found") == 1
+    r.delete("lost-and-found")  # what a restart without persistence does
+    with session() as s:
+        s.execute(
+            update(Job).where(Job.id == job_id).values(created_at=utcnow() - timedelta(minutes=5))
+        )
+    assert runner.resend_lost(["lost-and-found"]) == [job_id]
+    assert r.llen("lost-and-found") == 1
+    assert runner.resend_lost(["lost-and-found"]) == []  # not again while one waits
+    r.delete("lost-and-found")

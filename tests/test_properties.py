@@ -14,7 +14,9 @@ def model(tiny_run):
     return tiny_run[0].model
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.text(max_size=40))
 def test_any_string_converts_or_is_refused_with_word_error(model, word):
     try:
@@ -25,13 +27,19 @@ def test_any_string_converts_or_is_refused_with_word_error(model, word):
         assert len(out) == 1 and set(out[0]) <= set(Vocab().chars)
 
 
-@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=1, max_size=30))
+@given(
+    st.text(
+        alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=1, max_size=30
+    )
+)
 def test_vocab_round_trips(word):
     v = Vocab()
     assert v.decode(v.encode(word)) == word.lower()
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.data())
 def test_mangled_model_bytes_fail_cleanly(model, data):
     blob = bytearray(pipeline.to_bytes(model))

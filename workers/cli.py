@@ -55,13 +55,19 @@ def _store_folder(folder: Path) -> int:
 
     _ensure_db()
     data = artifacts.to_bytes(model)
+    digest = artifacts.sha256(data)
+    from sqlalchemy import select
+
     with session() as s:
+        known = s.scalar(select(Model.id).where(Model.sha256 == digest, Model.job_id.is_(None)))
+        if known is not None:  # the same folder submitted again: one row serves
+            return known
         row = Model(
             name=folder.name,
             job_id=None,
             config=artifacts.describe(model),
             weights=data,
-            sha256=artifacts.sha256(data),
+            sha256=digest,
             size_bytes=len(data),
             epoch=0,
         )
@@ -699,6 +705,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except Exception as e:
         if not isinstance(e, _user_errors()):
             raise

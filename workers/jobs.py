@@ -18,7 +18,9 @@ log = logging.getLogger("tensevae.jobs")
 
 
 class BrokerError(RuntimeError):
-    pass
+    def __init__(self, message: str, job_id: int | None = None):
+        super().__init__(message)
+        self.job_id = job_id
 
 
 def _user() -> str:
@@ -93,7 +95,7 @@ def submit(
                 .where(Job.id == job_id)
                 .values(state="failed", error=str(e), finished_at=utcnow())
             )
-        raise
+        raise BrokerError(f"job {job_id} failed: {e}", job_id) from None
     return job_id
 
 

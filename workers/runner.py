@@ -163,6 +163,7 @@ def start_heartbeat(name: str, queues: list[str]) -> None:
                 if current:
                     touch(*current)
                 requeue_stale(queues)
+                resend_lost(queues)
             except Exception as e:  # a lost database must not kill the worker
                 log.warning("heartbeat failed: %s", settings.redact(e))
 
@@ -210,6 +211,34 @@ def requeue_stale(queues: list[str]) -> list[int]:
                 job = s.get(Job, job_id)
                 send(job.id, job.kind, job.queue)
     return ids
+
+
+def resend_lost(queues: list[str], older_than_s: float = 30.0) -> list[int]:
+    """Send again the jobs left queued while their broker queue is empty: a Redis restarted
+    without persistence loses its messages, never the database's rows. A duplicate message
+    is harmless (the claim is atomic), so this errs on the side of sending."""
+    if settings.is_embedded_broker():
+        return []  # the embedded broker keeps its messages in its own database
+    import redis
+
+    r = redis.Redis.from_url(settings.broker_url(), socket_timeout=5)
+    before = utcnow() - timedelta(seconds=older_than_s)
+    sent = []
+    for q in queues:
+        if r.llen(q):
+            continue
+        with session() as s:
+            rows = s.execute(select(Job.id, Job.kind).where(
+                Job.state == "queued", Job.queue == q, Job.created_at < before,
+                Job.cancel_requested.is_(False)).order_by(Job.id).limit(1000)).all()  # fmt: skip
+        from .jobs import send
+
+        for job_id, kind in rows:
+            send(job_id, kind, q)
+            sent.append(job_id)
+    if sent:
+        log.warning("resent %d queued jobs whose messages were lost: %s", len(sent), sent[:20])
+    return sent
 
 
 # -- running -----------------------------------------------------------------------------------
