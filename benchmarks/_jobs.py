@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from db.migrate import upgrade  # noqa: E402
+from db.models import Job  # noqa: E402
 from db.queries import get_job, queue_status  # noqa: E402
+from db.session import session  # noqa: E402
 from pipeline.data import load_train  # noqa: E402
 from workers.jobs import submit  # noqa: E402
 
@@ -57,22 +59,19 @@ def wait(job_id: int) -> dict:
         time.sleep(0.05)
 
 
-def seconds(a: str, b: str) -> float:
-    from datetime import datetime
-
-    return (datetime.fromisoformat(b[:-1]) - datetime.fromisoformat(a[:-1])).total_seconds()
-
-
 def main() -> None:
-    bulk, repeats = int(sys.argv[1]), int(sys.argv[2])
+    bulk, repeats, bulk_repeats = (int(a) for a in sys.argv[1:4])
     upgrade()
     out = {}
     workers = [start_worker("bench1")]
     # Latency: a tiny generation job, one at a time, submit -> started_at.
     latency = []
     for i in range(10):
-        job = wait(submit("generate", {"n": 1, "seed": i}))
-        latency.append(seconds(job["created_at"], job["started_at"]) if job["started_at"] else 0)
+        job_id = submit("generate", {"n": 1, "seed": i})
+        wait(job_id)
+        with session() as s:  # full-resolution timestamps (the CLI shows whole seconds)
+            job = s.get(Job, job_id)
+            latency.append((job.started_at - job.created_at).total_seconds())
     out["submit-to-start latency (s)"] = med(latency)
     rates = []
     for _ in range(repeats):
@@ -88,7 +87,7 @@ def main() -> None:
         while len(workers) < n_workers:
             workers.append(start_worker(f"bench{len(workers) + 1}"))
         rates = []
-        for _ in range(repeats):
+        for _ in range(bulk_repeats):
             # Split the lines into one job per worker, as a user scaling out would.
             chunk = -(-bulk // n_workers)
             start = time.perf_counter()

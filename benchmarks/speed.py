@@ -190,12 +190,12 @@ def cold_convert(repeats: int) -> dict:
 # -- the job path ------------------------------------------------------------------------------
 
 
-def job_figures(env: dict, bulk_lines: int, repeats: int) -> dict:
+def job_figures(env: dict, bulk_lines: int, repeats: int, bulk_repeats: int) -> dict:
     """Submit-to-start latency, jobs/s through one worker, and a bulk conversion job end to
     end with one and with two workers; runs in a subprocess with the given environment."""
     script = ROOT / "benchmarks" / "_jobs.py"
     p = subprocess.run(
-        [sys.executable, str(script), str(bulk_lines), str(repeats)],
+        [sys.executable, str(script), str(bulk_lines), str(repeats), str(bulk_repeats)],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -206,22 +206,11 @@ def job_figures(env: dict, bulk_lines: int, repeats: int) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batches", type=int, default=20)
-    ap.add_argument("--bulk-lines", type=int, default=100_000)
-    ap.add_argument("--servers", action="store_true", help="also measure with Redis + PostgreSQL")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.md"))
-    args = ap.parse_args()
-    R = args.repeats
-    config = pipeline.load_config("default")
-    rows = []
-
-    rate, flops = train_rate(config, args.batches, R)
-    ref = per_word_reference(R)
-    ceiling = matmul_ceiling(R)
-    rows += [
+def training_rows(config, batches: int, repeats: int) -> list[tuple[str, str]]:
+    rate, flops = train_rate(config, batches, repeats)
+    ref = per_word_reference(repeats)
+    ceiling = matmul_ceiling(repeats)
+    return [
         ("training step, default config (words/s)", fmt(rate)),
         ("per-word reference loop, same size (words/s)", fmt(ref, digits=1)),
         ("ratio", f"{rate[0] / ref[0]:.0f}x"),
@@ -229,40 +218,52 @@ def main() -> None:
         ("fp32 matmul ceiling, 1024^3 (GFLOP/s)", fmt(tuple(x / 1e9 for x in ceiling))),
         ("training step's share of the ceiling", f"{rate[0] * flops / ceiling[0]:.0%}"),
     ]
-    model = pipeline.load_pretrained()
-    for k, v in conversion_rates(model, R).items():
-        rows.append(
-            (
-                f"conversion {k}" + ("" if "identical" in k else " (words/s)"),
-                f"{v:.1%}" if isinstance(v, float) else fmt(v),
-            )
-        )
-    for k, v in cold_convert(R).items():
-        rows.append((f"cold one-off convert: {k}", fmt(v, digits=3)))
-    backends = [("no-server default", {})]
-    if args.servers:
-        backends.append(
-            (
-                "Redis + PostgreSQL",
-                {
-                    "TENSEVAE_BROKER_URL": os.environ.get(
-                        "TENSEVAE_TEST_REDIS_URL", "redis://127.0.0.1:6379/14"
-                    ),
-                    "TENSEVAE_DATABASE_URL": os.environ.get(
-                        "TENSEVAE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-                    ),
-                },
-            )
-        )
+
+
+SERVERS = {
+    "TENSEVAE_BROKER_URL": os.environ.get("TENSEVAE_TEST_REDIS_URL", "redis://127.0.0.1:6379/14"),
+    "TENSEVAE_DATABASE_URL": os.environ.get(
+        "TENSEVAE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+    ),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument("--bulk-lines", type=int, default=100_000)
+    ap.add_argument("--bulk-repeats", type=int, default=1, help="repeats of the bulk jobs")
+    ap.add_argument("--servers", action="store_true", help="also measure with Redis + PostgreSQL")
+    ap.add_argument("--parts", default="train,convert,cold,jobs", help="which figures to measure")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.md"))
+    args = ap.parse_args()
+    R = args.repeats
+    parts = set(args.parts.split(","))
+    rows: list[tuple[str, str]] = []
+    if "train" in parts:
+        rows += training_rows(pipeline.load_config("default"), args.batches, R)
+    if "convert" in parts:
+        for k, v in conversion_rates(pipeline.load_pretrained(), R).items():
+            unit = "" if "identical" in k else " (words/s)"
+            rows.append((f"conversion {k}{unit}", f"{v:.1%}" if isinstance(v, float) else fmt(v)))
+    if "cold" in parts:
+        for k, v in cold_convert(R).items():
+            rows.append((f"cold one-off convert: {k}", fmt(v, digits=3)))
+    backends = [("no-server default", {})] if "jobs" in parts else []
+    if args.servers and "jobs" in parts:
+        backends.append(("Redis + PostgreSQL", SERVERS))
     for name, env in backends:
         with tempfile.TemporaryDirectory() as home:
-            figs = job_figures({**env, "TENSEVAE_HOME": home}, args.bulk_lines, R)
+            env = {**env, "TENSEVAE_HOME": home}
+            figs = job_figures(env, args.bulk_lines, R, args.bulk_repeats)
         for k, v in figs.items():
             rows.append((f"{name}: {k}", fmt(v, digits=3 if "latency" in k else 0)))
     header = (
         f"# tensevae speed benchmark\n\nCommand: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`  \n"
         f"Machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"no GPU. Median (min-max) over {R} repeats.\n\n| figure | value |\n|---|---|\n"
+        f"no GPU. Median (min-max) over {R} repeats (bulk jobs: {args.bulk_repeats}). Workers run "
+        "one torch thread each, so two workers can use the two cores.\n\n| figure | value |\n|---|---|\n"
     )
     text = header + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -145,7 +145,8 @@ def test_two_workers_never_run_one_job_twice(backend, trained):
 
     backend.start_worker("w2", queues="cpu")
     model = trained["result"]["model_id"]
-    ids = [submit("generate", {"model": model, "n": 5, "seed": i}) for i in range(12)]
+    # Jobs long enough (a few hundred decodes each) that both workers are busy at once.
+    ids = [submit("generate", {"model": model, "n": 400, "seed": i}) for i in range(16)]
     jobs = [wait_for(i) for i in ids]
     assert all(j["state"] == "succeeded" for j in jobs)
     assert all(j["attempts"] == 1 for j in jobs)
@@ -158,7 +159,7 @@ def test_two_workers_never_run_one_job_twice(backend, trained):
             ).all()
         )
         workers = set(s.scalars(select(Job.worker).where(Job.id.in_(ids))))
-    assert counts == dict.fromkeys(ids, 5)
+    assert counts == dict.fromkeys(ids, 400)
     assert len(workers) == 2, f"both workers should have taken jobs, got {workers}"
 
 
