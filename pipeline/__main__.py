@@ -34,14 +34,24 @@ def main(argv: list[str] | None = None) -> int:
 
     def report(rep):
         f = rep.figures
-        shown = " ".join(f"{k} {f[k]:.3f}" for k in ("loss", "kl", "bleu4", "gaussian_score", "val_exact") if k in f)
-        print(f"epoch {rep.epoch}/{rep.epochs} {time.perf_counter() - start:.0f}s {shown}", flush=True)
+        shown = " ".join(
+            f"{k} {f[k]:.3f}"
+            for k in ("loss", "kl", "bleu4", "gaussian_score", "val_exact")
+            if k in f
+        )
+        print(
+            f"epoch {rep.epoch}/{rep.epochs} {time.perf_counter() - start:.0f}s {shown}", flush=True
+        )
 
     result = train(config, on_epoch=report)
     figures = evaluate(result.model, bleu_samples=100, gaussian_draws=20, seed=config.train.seed)
     figures.pop("conversions")
-    extra = {"config": config.to_dict(), "train_seconds": round(result.seconds, 1),
-             "best_epoch": result.best_epoch, "scores": figures}
+    extra = {
+        "config": config.to_dict(),
+        "train_seconds": round(result.seconds, 1),
+        "best_epoch": result.best_epoch,
+        "scores": figures,
+    }
     folder = artifacts.save(result.model, args.out, extra)
     plot_history(result.history, folder / "curves.png", title=f"tensevae {config.name}")
     (folder / "history.json").write_text(json.dumps(result.history, indent=1) + "\n")

@@ -77,14 +77,21 @@ def _build(meta: dict[str, Any], what: str) -> TenseCVAE:
         if unknown:
             raise ModelLoadError(f"{what}: config has keys this version lacks: {sorted(unknown)}")
         config = ModelConfig(**meta["model"])
-        sizes = (config.hidden_size, config.latent_size, config.tense_embedding, config.char_embedding)
+        sizes = (
+            config.hidden_size,
+            config.latent_size,
+            config.tense_embedding,
+            config.char_embedding,
+        )
         if not all(isinstance(n, int) and 0 < n <= _SIZE_LIMIT for n in sizes):
             raise ModelLoadError(f"{what}: config sizes {sizes} are not plausible")
         return TenseCVAE(config, Vocab(meta["vocab"]))
     except ModelLoadError:
         raise
     except Exception as e:  # any other malformed value in a config read from outside
-        raise ModelLoadError(f"{what}: config or vocabulary unreadable ({type(e).__name__})") from None
+        raise ModelLoadError(
+            f"{what}: config or vocabulary unreadable ({type(e).__name__})"
+        ) from None
 
 
 def _load_weights(model: TenseCVAE, tensors: dict[str, torch.Tensor], what: str) -> TenseCVAE:
@@ -109,8 +116,10 @@ def _load_weights(model: TenseCVAE, tensors: dict[str, torch.Tensor], what: str)
 
 def _verify(meta: dict[str, Any], tensors: dict[str, torch.Tensor], what: str) -> None:
     if "digest" in meta and digest(meta, tensors) != meta["digest"]:
-        raise ModelLoadError(f"{what}: config, vocabulary and weights do not match their checksum "
-                             "(damaged or edited)")
+        raise ModelLoadError(
+            f"{what}: config, vocabulary and weights do not match their checksum "
+            "(damaged or edited)"
+        )
 
 
 def to_bytes(model: TenseCVAE, extra: dict[str, Any] | None = None) -> bytes:

@@ -246,7 +246,9 @@ def batches(pairs: Sequence, vocab: Vocab, size: int, generator: torch.Generator
     window = size * 32
     groups = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: (len(pairs[i][2]), len(pairs[i][0])))
+        chunk = sorted(
+            order[start : start + window], key=lambda i: (len(pairs[i][2]), len(pairs[i][0]))
+        )
         groups += [chunk[k : k + size] for k in range(0, len(chunk), size)]
     for g in torch.randperm(len(groups), generator=generator).tolist():
         yield make_batch([pairs[i] for i in groups[g]], vocab)

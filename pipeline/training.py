@@ -175,7 +175,9 @@ class Trainer:
         state = m.init_decoder(z, b.tgt_tense, post, use_context)
         recon = reconstruction_loss(self._logits(b, state, tf), b.tgt_out).mean()
         kl_dims, share = self._kl(post.mu, post.logvar, posterior_used)
-        kl_term = share * (kl_dims.clamp(min=t.free_bits).sum() if t.free_bits > 0 else kl_dims.sum())
+        kl_term = share * (
+            kl_dims.clamp(min=t.free_bits).sum() if t.free_bits > 0 else kl_dims.sum()
+        )
         loss = recon + beta * kl_term
         if not torch.isfinite(loss):
             raise TrainingDiverged(
