@@ -180,10 +180,13 @@ def test_compose_file_parses_and_names_real_commands():
 def test_train_through_the_queue_writes_scores_and_curves(tmp_path):
     png = tmp_path / "curves.png"
     p = tv("train", "--config", "tiny", "--set", "train.epochs=1", "--set", "train.max_lines=200",
+        "--set",
+        "train.val_fraction=0.1",
            "--samples", "2", "--draws", "1", "--wait", "--plot", str(png), home=tmp_path, check=0)  # fmt: skip
     assert (
         "job 1 queued (train)" in p.stdout and "bleu4" in p.stdout and "gaussian_score" in p.stdout
     )
+    assert "verbs never seen (" in p.stdout
     assert png.read_bytes()[:4] == b"\x89PNG"
     models = json.loads(
         tv("results", "--json", "--best-by", "bleu4", home=tmp_path, check=0).stdout

@@ -213,6 +213,12 @@ def _show_scores(job: dict[str, Any]) -> None:
         on = (r.get("exact_match_on") or {}).get("file", "")
         print(f"  exact match on {on}: mean {em.get('mean', 0):.4f}")
         print("   " + "  ".join(f"{k} {v:.3f}" for k, v in em.items() if "->" in k))
+    unseen = r.get("unseen_verbs")
+    if unseen:
+        print(
+            f"  verbs never seen ({unseen['verbs']} held out by verb): "
+            f"{unseen['sp_mean']:.4f} over the six sp directions, {unseen['mean']:.4f} over all 12"
+        )
 
 
 # -- commands ------------------------------------------------------------------------------------

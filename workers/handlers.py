@@ -168,6 +168,18 @@ def _epoch_writer(job: Job, ctx: JobContext) -> Callable[[EpochReport], None]:
     return on_epoch
 
 
+def _held_out(config, result) -> dict[str, Any] | None:
+    """Exact match on the verbs the run held out (train.val_fraction): verbs never seen."""
+    if not result.extra.get("val_verbs"):
+        return None
+    from pipeline.data import load_train, split_by_verb, test_words
+    from pipeline.evaluate import exact_by_direction
+
+    t = config.train
+    _, held = split_by_verb(load_train(), t.val_fraction, t.seed, test_words())
+    return {**exact_by_direction(result.model, held), "verbs": len({q[0] for q in held})}
+
+
 def train_job(job: Job, ctx: JobContext) -> dict[str, Any]:
     config = from_dict(job.params["config"])
     resume = latest_checkpoint(job.id)
@@ -183,6 +195,7 @@ def train_job(job: Job, ctx: JobContext) -> dict[str, Any]:
         gaussian_draws=job.params.get("gaussian_draws", 20),
         seed=config.train.seed,
     )
+    held = _held_out(config, result)
     weights = artifacts.to_bytes(result.model.cpu(), {"job_id": job.id, "config": config.to_dict()})
     with session() as s:
         model = s.scalars(select(Model).where(Model.job_id == job.id)).first()
@@ -199,12 +212,22 @@ def train_job(job: Job, ctx: JobContext) -> dict[str, Any]:
             s.add(model)
             s.flush()
         write_scores(s, job.id, model.id, figures)
+        if held:
+            s.execute(
+                insert(Score),
+                [
+                    {"job_id": job.id, "model_id": model.id, "name": f"unseen_exact:{k}",
+                     "dataset": "held-out verbs", "value": v, "spread": None, "repeats": None}
+                    for k, v in held.items() if k != "verbs"
+                ],
+            )  # fmt: skip
     return {
         "model_id": model.id,
         "epochs": len(result.history),
         "best_epoch": result.best_epoch,
         "resumed": resume is not None,
         **_summary(figures),
+        **({"unseen_verbs": held} if held else {}),
     }
 
 
