@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -81,7 +81,3 @@ def session(url: str | None = None) -> Iterator[Session]:
 
 def is_sqlite(url: str | None = None) -> bool:
     return _normalise(url or database_url()).startswith("sqlite")
-
-
-def has_schema(url: str | None = None) -> bool:
-    return inspect(engine(url or database_url())).has_table("jobs")

@@ -254,10 +254,6 @@ def batches(pairs: Sequence, vocab: Vocab, size: int, generator: torch.Generator
         yield make_batch([pairs[i] for i in groups[g]], vocab)
 
 
-def train_lines(quads: Sequence[Quad]) -> set[Quad]:
-    return {tuple(q) for q in quads}
-
-
 __all__ = [
     "LAB_TEST_CONDITIONS",
     "TENSES",

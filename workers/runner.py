@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
 
-from db.models import FINAL_STATES, Checkpoint, EpochMetric, Job, Worker, utcnow
+from db.models import FINAL_STATES, Checkpoint, Job, Worker, utcnow
 from db.session import session
 
 from . import settings
@@ -305,8 +305,3 @@ def latest_checkpoint(job_id: int) -> bytes | None:
             .limit(1)
         ).first()
         return row.data if row else None
-
-
-def recorded_epochs(job_id: int) -> int:
-    with session() as s:
-        return s.scalar(select(func.count()).where(EpochMetric.job_id == job_id)) or 0
