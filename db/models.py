@@ -95,6 +95,19 @@ class Checkpoint(Base):
     __table_args__ = (UniqueConstraint("job_id", "epoch", name="uq_checkpoints_job_epoch"),)
 
 
+# The epoch figures with a column of their own (every figure is also in ``figures``).
+EPOCH_COLUMNS = (
+    "loss",
+    "recon",
+    "kl",
+    "beta",
+    "teacher_forcing",
+    "bleu4",
+    "gaussian_score",
+    "seconds",
+)
+
+
 class EpochMetric(Base):
     __tablename__ = "epoch_metrics"
 

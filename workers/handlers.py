@@ -9,10 +9,19 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select
 
 import pipeline
-from db.models import Checkpoint, Conversion, EpochMetric, GeneratedWord, Job, Model, Score, utcnow
+from db.models import (
+    EPOCH_COLUMNS,
+    Checkpoint,
+    Conversion,
+    EpochMetric,
+    GeneratedWord,
+    Job,
+    Model,
+    Score,
+)
 from db.session import session
 from pipeline import artifacts
 from pipeline.config import from_dict
@@ -21,7 +30,7 @@ from pipeline.metrics import distinct_verbs, gaussian_score
 from pipeline.tenses import tense_code
 from pipeline.training import EpochReport, resolve_device
 
-from .runner import Cancelled, JobContext, LostClaim, latest_checkpoint
+from .runner import Cancelled, JobContext, latest_checkpoint
 
 BATCH = 2048  # conversion lines per transaction (and per cancellation check)
 
@@ -48,49 +57,22 @@ def _model_id(ref: Any) -> int | None:
 # -- scores ------------------------------------------------------------------------------------
 
 
+def _row(name: str, value: float, spread=None, repeats=None, dataset: str = "test.txt") -> dict:
+    return {"name": name, "value": value, "spread": spread, "repeats": repeats, "dataset": dataset}
+
+
 def score_rows(figures: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
-    rows = [{"name": "bleu4", "value": figures["bleu4"], "spread": None, "repeats": 1}]
-    if figures.get("bleu4_sampled"):
-        b = figures["bleu4_sampled"]
+    rows = [_row("bleu4", figures["bleu4"], repeats=1, dataset=dataset)]
+    if b := figures.get("bleu4_sampled"):
+        rows.append(_row("bleu4_sampled", b["mean"], b["std"], b["samples"], dataset))
+    if g := figures.get("gaussian_score"):
+        rows.append(_row("gaussian_score", g["mean"], g["std"], g["draws"], dataset))
         rows.append(
-            {
-                "name": "bleu4_sampled",
-                "value": b["mean"],
-                "spread": b["std"],
-                "repeats": b["samples"],
-            }
-        )
-    if figures.get("gaussian_score"):
-        g = figures["gaussian_score"]
-        rows.append(
-            {
-                "name": "gaussian_score",
-                "value": g["mean"],
-                "spread": g["std"],
-                "repeats": g["draws"],
-            }
-        )
-        rows.append(
-            {
-                "name": "gaussian_distinct_verbs",
-                "value": g["distinct_verbs_mean"],
-                "spread": None,
-                "repeats": g["draws"],
-            }
+            _row("gaussian_distinct_verbs", g["distinct_verbs_mean"], None, g["draws"], dataset)
         )
     exact_set = figures.get("exact_match_on", {}).get("file", dataset)
     for direction, value in figures.get("exact_match", {}).items():
-        rows.append(
-            {
-                "name": f"exact_match:{direction}",
-                "value": value,
-                "spread": None,
-                "repeats": None,
-                "dataset": exact_set,
-            }
-        )
-    for r in rows:
-        r.setdefault("dataset", dataset)
+        rows.append(_row(f"exact_match:{direction}", value, dataset=exact_set))
     return rows
 
 
@@ -129,19 +111,7 @@ def _epoch_writer(job: Job, ctx: JobContext) -> Callable[[EpochReport], None]:
                         job_id=job.id,
                         epoch=rep.epoch,
                         figures=f,
-                        **{
-                            k: f.get(k)
-                            for k in (
-                                "loss",
-                                "recon",
-                                "kl",
-                                "beta",
-                                "teacher_forcing",
-                                "bleu4",
-                                "gaussian_score",
-                                "seconds",
-                            )
-                        },
+                        **{k: f.get(k) for k in EPOCH_COLUMNS},
                     )
                 )
             if data is not None:
@@ -154,15 +124,7 @@ def _epoch_writer(job: Job, ctx: JobContext) -> Callable[[EpochReport], None]:
             message = f"epoch {rep.epoch}/{rep.epochs} loss {f['loss']:.3f}" + (
                 f" bleu4 {f['bleu4']:.3f}" if "bleu4" in f else ""
             )
-            held = s.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.worker == ctx.worker, Job.state == "running")
-                .values(
-                    progress=rep.epoch / rep.epochs * 0.95, message=message, heartbeat_at=utcnow()
-                )
-            )
-            if not held.rowcount:
-                raise LostClaim(f"job {job.id} is no longer held by {ctx.worker}")
+            ctx.progress(rep.epoch / rep.epochs * 0.95, message, s)
         ctx.check()
 
     return on_epoch
@@ -216,8 +178,8 @@ def train_job(job: Job, ctx: JobContext) -> dict[str, Any]:
             s.execute(
                 insert(Score),
                 [
-                    {"job_id": job.id, "model_id": model.id, "name": f"unseen_exact:{k}",
-                     "dataset": "held-out verbs", "value": v, "spread": None, "repeats": None}
+                    {**_row(f"unseen_exact:{k}", v, dataset="held-out verbs"),
+                     "job_id": job.id, "model_id": model.id}
                     for k, v in held.items() if k != "verbs"
                 ],
             )  # fmt: skip
@@ -301,16 +263,8 @@ def convert_job(job: Job, ctx: JobContext) -> dict[str, Any]:
         rows = _convert_batch(model, todo[start : start + BATCH], p.get("method", "greedy"))
         with session() as s:
             s.execute(insert(Conversion), [{**r, "job_id": job.id} for r in rows])
-            held = s.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.worker == ctx.worker, Job.state == "running")
-                .values(
-                    progress=(len(done) + start + len(rows)) / len(requests),
-                    message=f"{len(done) + start + len(rows)}/{len(requests)} lines",
-                )
-            )
-            if not held.rowcount:
-                raise LostClaim(f"job {job.id} is no longer held by {ctx.worker}")
+            written = len(done) + start + len(rows)
+            ctx.progress(written / len(requests), f"{written}/{len(requests)} lines", s)
     with session() as s:
         n_bad = s.scalar(
             select(func.count()).where(Conversion.job_id == job.id, Conversion.error.is_not(None))

@@ -72,16 +72,20 @@ def _finish(job_id: int, worker: str, state: str, **values: Any) -> bool:
     return bool(done)
 
 
+def touch_in(s, job_id: int, worker: str, **values: Any) -> bool:
+    """Heartbeat (and progress) for a running job inside session ``s``, so it commits with
+    the results written beside it; False when the job is no longer this worker's."""
+    held = s.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker, Job.state == "running")
+        .values(heartbeat_at=utcnow(), **values)
+    )
+    return bool(held.rowcount)
+
+
 def touch(job_id: int, worker: str, **values: Any) -> bool:
-    """Heartbeat (and progress) for a running job; False when it is no longer ours."""
     with session() as s:
-        return bool(
-            s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.worker == worker, Job.state == "running")
-                .values(heartbeat_at=utcnow(), **values)
-            ).rowcount
-        )
+        return touch_in(s, job_id, worker, **values)
 
 
 class JobContext:
@@ -92,8 +96,15 @@ class JobContext:
         self.deadline = time.monotonic() + (job.time_limit_s or settings.time_limit(job.kind))
         self._checked, self._cancel = 0.0, False
 
-    def progress(self, fraction: float, message: str | None = None) -> None:
-        if not touch(self.job.id, self.worker, progress=min(1.0, fraction), message=message):
+    def progress(self, fraction: float, message: str | None = None, s=None) -> None:
+        """Record progress (in session ``s`` when given); LostClaim if the job is not ours."""
+        values = {"progress": min(1.0, fraction), "message": message}
+        held = (
+            touch_in(s, self.job.id, self.worker, **values)
+            if s is not None
+            else touch(self.job.id, self.worker, **values)
+        )
+        if not held:
             raise LostClaim(f"job {self.job.id} is no longer held by {self.worker}")
 
     def check(self) -> None:
