@@ -1,12 +1,13 @@
 """Soak test: two workers, a few hundred mixed jobs, a worker killed (kill -9) and Redis
 restarted while they run. Reports jobs submitted, succeeded, failed (with reasons) and lost.
 
-    python benchmarks/soak.py [--jobs 300] [--redis redis://127.0.0.1:6379/13]
-                              [--database postgresql://postgres@127.0.0.1:5432/test]
+    python benchmarks/soak.py [--jobs 300] [--database postgresql://postgres@127.0.0.1:5432/test]
+                              [--out benchmarks/results/soak.md]
 
-It restarts this machine's Redis (`redis-cli shutdown nosave`, then the command that started
-it), so run it where nothing else needs Redis for a few seconds. A lost job is one that is not
-in a final state when the run ends; the run fails if any is lost."""
+Redis is a redis-server of this machine's started on a port of its own, killed a third of the
+way in and started again empty two thirds in (as a crash without persistence would leave it),
+so the machine's own Redis is not touched. The jobs go to a fresh PostgreSQL database, dropped
+at the end. A lost job is one not in a final state when the run ends; the run fails if any is."""
 
 from __future__ import annotations
 
@@ -22,11 +23,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-REDIS_START = (
-    "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' "
-    "--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log"
-)
 
 
 def worker(name: str) -> subprocess.Popen:
@@ -50,19 +46,21 @@ def worker(name: str) -> subprocess.Popen:
     )
 
 
-def restart_redis() -> None:
-    subprocess.run(["redis-cli", "shutdown", "nosave"], capture_output=True)
-    time.sleep(1)
-    subprocess.run(REDIS_START, shell=True, check=True)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=300)
-    ap.add_argument("--redis", default="redis://127.0.0.1:6379/13")
     ap.add_argument("--database", default="postgresql://postgres@127.0.0.1:5432/test")
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--gap", type=float, default=0.1, help="seconds between submissions")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "soak.md"))
     args = ap.parse_args()
+    import tempfile
+
+    from tests.servers import PrivateRedis
+
+    redis_dir = tempfile.TemporaryDirectory()
+    server = PrivateRedis(Path(redis_dir.name))
+    server.start()
     from sqlalchemy import create_engine, text
 
     name = f"tensevae_soak_{uuid.uuid4().hex[:8]}"
@@ -73,7 +71,8 @@ def main() -> int:
     with admin.connect() as c:
         c.execute(text(f"CREATE DATABASE {name}"))
     os.environ.update(
-        TENSEVAE_BROKER_URL=args.redis,
+        TENSEVAE_BROKER_URL=server.url,
+        TENSEVAE_RESEND_AFTER="10",
         TENSEVAE_HEARTBEAT="2",
         TENSEVAE_STALE_AFTER="10",
         TENSEVAE_DATABASE_URL=args.database.rsplit("/", 1)[0] + "/" + name,
@@ -108,12 +107,13 @@ def main() -> int:
             ids.append(submit(kind, params))
         except BrokerError as e:  # recorded on the job as failed, with the reason
             ids.append(e.job_id)
+        time.sleep(args.gap)
         if i == args.jobs // 3:
             procs[0].kill()  # kill -9 mid-run; a new worker takes its place
             procs[0].wait()
             procs[0] = worker("soak3")
         if i == 2 * args.jobs // 3:
-            restart_redis()
+            server.restart(down_s=2)  # every queued message is lost
     final = ("succeeded", "failed", "cancelled")
     while time.time() - started < args.timeout:
         states = [get_job(i)["state"] for i in ids]
@@ -124,15 +124,32 @@ def main() -> int:
     counts = collections.Counter(j["state"] for j in jobs)
     reasons = collections.Counter(j["error"] for j in jobs if j["state"] == "failed")
     lost = [j["id"] for j in jobs if j["state"] not in final]
-    print(
+    kinds = collections.Counter(j["kind"] for j in jobs)
+    resumed = sum(1 for j in jobs if (j["attempts"] or 0) > 1)
+    summary = (
         f"submitted {len(ids)}, succeeded {counts['succeeded']}, failed {counts['failed']}, "
         f"cancelled {counts['cancelled']}, lost {len(lost)} in {time.time() - started:.0f} s"
     )
-    for reason, n in reasons.most_common():
-        print(f"  failed x{n}: {reason}")
+    lines = [
+        "# tensevae soak test",
+        "",
+        f"Command: `python benchmarks/soak.py {' '.join(sys.argv[1:])}`  ",
+        "Two workers (one torch thread each) on a private redis-server and a fresh PostgreSQL "
+        f"database; jobs: {dict(kinds)}. A third of the way in one worker was killed with "
+        "SIGKILL and replaced; two thirds in, Redis was killed and started again empty.",
+        "",
+        f"**{summary}.** Jobs run more than once (picked up again after the kill or the "
+        f"restart): {resumed}.",
+        "",
+    ]
+    lines += [f"- failed x{n}: {reason}" for reason, n in reasons.most_common()]
+    print("\n".join(lines))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
     for p in procs:
         p.terminate()
         p.wait()
+    server.stop()
     from db.session import engine
 
     engine().dispose()

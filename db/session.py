@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger("tensevae.db")
+
+
+class DatabaseUnavailable(Exception):
+    """The database stayed unreachable for the whole retry window."""
 
 
 def home() -> Path:
@@ -48,7 +56,16 @@ def engine(url: str | None = None) -> Engine:
         eng = create_engine(url, connect_args={"timeout": 30})
         event.listen(eng, "connect", _sqlite_pragmas)
         return eng
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # pool_pre_ping replaces connections a restarted server dropped; connect_timeout turns a
+    # server that does not answer into an error instead of a hang.
+    timeout = int(float(os.environ.get("TENSEVAE_DB_CONNECT_TIMEOUT", "10")))
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        connect_args={"connect_timeout": timeout} if url.startswith("postgresql") else {},
+    )
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -77,6 +94,36 @@ def session(url: str | None = None) -> Iterator[Session]:
         raise
     finally:
         s.close()
+
+
+def retry_window_s() -> float:
+    """Seconds a worker keeps retrying a database that went away (TENSEVAE_DB_RETRY)."""
+    return float(os.environ.get("TENSEVAE_DB_RETRY", "60"))
+
+
+def retrying(work: Callable[[], object], window_s: float | None = None):
+    """``work()``, run again while the database is unreachable, for up to ``window_s``
+    seconds; then DatabaseUnavailable. ``work`` must be one transaction (a ``session()``
+    block): a failed attempt is rolled back whole, so a retry never writes half twice."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    window = retry_window_s() if window_s is None else window_s
+    deadline = time.monotonic() + window
+    delay = 0.25
+    while True:
+        try:
+            return work()
+        except (OperationalError, InterfaceError) as e:
+            reason = mask_url(
+                str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            )
+            if time.monotonic() + delay > deadline:
+                raise DatabaseUnavailable(
+                    f"the database was unreachable for {window:.0f} s ({reason})"
+                ) from None
+            log.warning("database unreachable, retrying in %.1f s: %s", delay, reason)
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
 
 
 def is_sqlite(url: str | None = None) -> bool:

@@ -4,6 +4,7 @@ when TENSEVAE_REQUIRE_SERVERS=1, as .ci/run sets)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -137,3 +138,127 @@ def wait_for(
             return job
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} still {job['state']} after {timeout} s")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    """A redis-server of this machine's on a port of its own, so a test may restart it
+    without touching the Redis other tests use. Like the machine's, it keeps nothing on
+    disk: a restart loses every message."""
+
+    def __init__(self, workdir: Path):
+        import shutil
+
+        if shutil.which("redis-server") is None:
+            unavailable("redis-server is not installed")
+        self.port, self.dir = free_port(), workdir
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(self.dir)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                redis.Redis(port=self.port, socket_timeout=1).ping()
+                return
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()  # as abrupt as a crash: nothing is saved
+            self.proc.wait()
+            self.proc = None
+
+    def restart(self, down_s: float = 1.0) -> None:
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:port to a server; ``cut()`` drops every connection and refuses
+    new ones (a database gone from the network), ``restore()`` lets them through again."""
+
+    def __init__(self, host: str, port: int):
+        import threading
+
+        self.target = (host, port)
+        self.port = free_port()
+        self.lock = threading.Lock()
+        self.conns: list = []
+        self.listener = None
+        self.restore()
+
+    def restore(self) -> None:
+        import socket
+        import threading
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (a, b):
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def cut(self) -> None:
+        import socket
+
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        self.listener.close()
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for sock in conns:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            except OSError:
+                pass

@@ -41,3 +41,35 @@ def test_server_database_must_be_migrated_explicitly(monkeypatch):
             ensure_schema(url)
     finally:
         drop_postgres(url, admin)
+
+
+def test_retrying_rides_out_a_short_outage_and_gives_up_on_a_long_one(monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from db import session as dbs
+
+    monkeypatch.setattr(dbs.time, "sleep", lambda s: None)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
+        return "ok"
+
+    assert dbs.retrying(flaky, window_s=60) == "ok" and len(calls) == 3
+
+    def down():
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
+
+    with pytest.raises(dbs.DatabaseUnavailable, match="unreachable for 0 s"):
+        dbs.retrying(down, window_s=0)
+
+    def wrong():  # not an outage: no retry
+        calls.append(1)
+        raise ValueError("a bug")
+
+    calls.clear()
+    with pytest.raises(ValueError):
+        dbs.retrying(wrong, window_s=60)
+    assert len(calls) == 1

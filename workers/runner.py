@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, update
 
 from db.models import FINAL_STATES, Checkpoint, Job, Worker, utcnow
-from db.session import session
+from db.session import DatabaseUnavailable, retrying, session
 
 from . import settings
 
@@ -42,6 +42,10 @@ class LostClaim(Exception):
 
 def claim(job_id: int, worker: str) -> Job | None:
     """Mark the job running for this worker, if it is queued or its worker went silent."""
+    return retrying(lambda: _claim(job_id, worker))
+
+
+def _claim(job_id: int, worker: str) -> Job | None:
     stale = utcnow() - timedelta(seconds=settings.STALE_AFTER_S)
     with session() as s:
         now = utcnow()
@@ -63,13 +67,17 @@ def claim(job_id: int, worker: str) -> Job | None:
 
 
 def _finish(job_id: int, worker: str, state: str, **values: Any) -> bool:
-    with session() as s:
-        done = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.worker == worker, Job.state == "running")
-            .values(state=state, finished_at=utcnow(), **values)
-        ).rowcount
-    return bool(done)
+    def write() -> bool:
+        with session() as s:
+            return bool(
+                s.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.worker == worker, Job.state == "running")
+                    .values(state=state, finished_at=utcnow(), **values)
+                ).rowcount
+            )
+
+    return retrying(write)
 
 
 def touch_in(s, job_id: int, worker: str, **values: Any) -> bool:
@@ -84,8 +92,11 @@ def touch_in(s, job_id: int, worker: str, **values: Any) -> bool:
 
 
 def touch(job_id: int, worker: str, **values: Any) -> bool:
-    with session() as s:
-        return touch_in(s, job_id, worker, **values)
+    def write() -> bool:
+        with session() as s:
+            return touch_in(s, job_id, worker, **values)
+
+    return retrying(write)
 
 
 class JobContext:
@@ -116,10 +127,12 @@ class JobContext:
         now = time.monotonic()
         if now - self._checked >= 1.0:
             self._checked = now
-            with session() as s:
-                self._cancel = bool(
-                    s.scalar(select(Job.cancel_requested).where(Job.id == self.job.id))
-                )
+
+            def read() -> bool:
+                with session() as s:
+                    return bool(s.scalar(select(Job.cancel_requested).where(Job.id == self.job.id)))
+
+            self._cancel = retrying(read)
         if self._cancel:
             raise Cancelled()
 
@@ -176,7 +189,7 @@ def start_heartbeat(name: str, queues: list[str]) -> None:
                 requeue_stale(queues)
                 resend_lost(queues)
             except Exception as e:  # a lost database must not kill the worker
-                log.warning("heartbeat failed: %s", settings.redact(e))
+                log.warning("heartbeat failed: %s", settings.redact(str(e).splitlines()[0]))
 
     _beat.thread = threading.Thread(target=loop, name="tensevae-heartbeat", daemon=True)
     _beat.thread.start()
@@ -224,7 +237,7 @@ def requeue_stale(queues: list[str]) -> list[int]:
     return ids
 
 
-def resend_lost(queues: list[str], older_than_s: float = 30.0) -> list[int]:
+def resend_lost(queues: list[str], older_than_s: float | None = None) -> list[int]:
     """Send again the jobs left queued while their broker queue is empty: a Redis restarted
     without persistence loses its messages, never the database's rows. A duplicate message
     is harmless (the claim is atomic), so this errs on the side of sending."""
@@ -233,7 +246,8 @@ def resend_lost(queues: list[str], older_than_s: float = 30.0) -> list[int]:
     import redis
 
     r = redis.Redis.from_url(settings.broker_url(), socket_timeout=5)
-    before = utcnow() - timedelta(seconds=older_than_s)
+    age = settings.RESEND_AFTER_S if older_than_s is None else older_than_s
+    before = utcnow() - timedelta(seconds=age)
     sent = []
     for q in queues:
         if r.llen(q):
@@ -256,12 +270,25 @@ def resend_lost(queues: list[str], older_than_s: float = 30.0) -> list[int]:
 
 
 def run_job(job_id: Any, worker: str) -> str:
-    """Run a job to its end and return its final state ('skipped' when not ours to run)."""
+    """Run a job to its end and return its final state ('skipped' when not ours to run,
+    'abandoned' when the database stayed away: the job is then left running, and a worker's
+    heartbeat puts it back on the queue once the database answers and its heartbeat is stale;
+    training resumes from its last checkpoint)."""
     try:
         job_id = int(job_id)
     except (TypeError, ValueError):
         log.error("rejected a message with job id %r: not a number", job_id)
         return "rejected"
+    try:
+        return _run(job_id, worker)
+    except DatabaseUnavailable as e:
+        log.error("job %s abandoned: %s; it is requeued once the database is back", job_id, e)
+        return "abandoned"
+
+
+def _open(job_id: int) -> str | None:
+    """Settle what needs no claim: a job that does not exist, has ended or was cancelled
+    while queued; None when it is there to be run."""
     with session() as s:
         job = s.get(Job, job_id)
         if job is None:
@@ -276,6 +303,13 @@ def run_job(job_id: Any, worker: str) -> str:
                 .values(state="cancelled", finished_at=utcnow())
             )
             return "cancelled"
+    return None
+
+
+def _run(job_id: int, worker: str) -> str:
+    settled = retrying(lambda: _open(job_id))
+    if settled is not None:
+        return settled
     job = claim(job_id, worker)
     if job is None:
         return "skipped"
@@ -291,6 +325,8 @@ def run_job(job_id: Any, worker: str) -> str:
     except LostClaim as e:
         log.warning("%s", e)
         return "skipped"
+    except DatabaseUnavailable:
+        raise
     except Exception as e:
         reason = _reason(e)
         log.error("job %s failed: %s\n%s", job_id, reason, settings.redact(traceback.format_exc()))
@@ -308,11 +344,14 @@ def _reason(e: Exception) -> str:
 
 
 def latest_checkpoint(job_id: int) -> bytes | None:
-    with session() as s:
-        row = s.scalars(
-            select(Checkpoint)
-            .where(Checkpoint.job_id == job_id)
-            .order_by(Checkpoint.epoch.desc())
-            .limit(1)
-        ).first()
-        return row.data if row else None
+    def read() -> bytes | None:
+        with session() as s:
+            row = s.scalars(
+                select(Checkpoint)
+                .where(Checkpoint.job_id == job_id)
+                .order_by(Checkpoint.epoch.desc())
+                .limit(1)
+            ).first()
+            return row.data if row else None
+
+    return retrying(read)

@@ -13,6 +13,8 @@ TIME_LIMITS = {"train": 6 * 3600, "evaluate": 3600, "convert": 3600, "generate":
 # A running job whose heartbeat is older than this is taken to have lost its worker.
 STALE_AFTER_S = float(os.environ.get("TENSEVAE_STALE_AFTER", "60"))
 HEARTBEAT_S = float(os.environ.get("TENSEVAE_HEARTBEAT", "10"))
+# A job queued this long while its Redis queue is empty had its message lost; it is sent again.
+RESEND_AFTER_S = float(os.environ.get("TENSEVAE_RESEND_AFTER", "30"))
 
 
 def broker_url() -> str:
