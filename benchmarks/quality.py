@@ -53,7 +53,9 @@ def lemminflect_exact(quads) -> dict[str, float]:
     return out
 
 
-def run(config_name: str, seed: int, overrides: list[str], holdout: float) -> dict:
+def run(
+    config_name: str, seed: int, overrides: list[str], holdout: float, compare: bool = True
+) -> dict:
     cfg = pipeline.load_config(
         config_name,
         [
@@ -82,10 +84,36 @@ def run(config_name: str, seed: int, overrides: list[str], holdout: float) -> di
         "gaussian_std": g["std"],
         "distinct": g["distinct_verbs_mean"],
         "unseen": exact_by_direction(model, held),
-        "lemminflect": lemminflect_exact(held),
+        "lemminflect": lemminflect_exact(held) if compare else None,
         "held_verbs": len(held),
         "examples": examples(model),
+        "recall": recall_from_z(model, seed),
+        "history": result.history,
     }
+
+
+def recall_from_z(model, seed: int, lines: int = 400) -> dict:
+    """How well z alone (no source to attend to) brings back a training verb's four forms:
+    from the posterior mean of its sp form, and from one posterior sample. Generation can be
+    no better than this."""
+    from pipeline.data import encode_sources
+    from pipeline.evaluate import decode_latents
+
+    quads = load_train()[:lines]
+    ids, lengths = encode_sources([q[0] for q in quads], model.vocab)
+    with torch.no_grad():
+        post = model.encode(
+            ids.to(model.device),
+            lengths,
+            torch.zeros(len(quads), dtype=torch.long, device=model.device),
+        )
+    g = torch.Generator().manual_seed(seed)
+    sample = model.reparameterize(post.mu, post.logvar, g)
+    out = {}
+    for name, z in (("mean", post.mu), ("sample", sample)):
+        got = decode_latents(model, z)
+        out[name] = sum(tuple(a) == tuple(b) for a, b in zip(got, quads, strict=True)) / len(quads)
+    return out
 
 
 def examples(model) -> dict:

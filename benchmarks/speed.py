@@ -43,16 +43,23 @@ def fmt(m, unit="", digits=0) -> str:
 # -- training ----------------------------------------------------------------------------------
 
 
-def train_rate(config, batches: int, repeats: int) -> tuple[tuple, float]:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_rate(config, batches: int, repeats: int, device: torch.device) -> tuple[tuple, float]:
     """Words/s of tensevae's training step, and useful FLOPs per word (no padding counted)."""
-    trainer = Trainer(config, load_train(), torch.device("cpu"))
+    trainer = Trainer(config, load_train(), device)
     gen = torch.Generator().manual_seed(0)
     from pipeline.data import batches as make_batches
 
     data = list(make_batches(trainer.pairs, trainer.model.vocab, config.train.batch_size, gen))
+    data = [b.to(device) for b in data]
     trainer.model.train()
     for b in data[:3]:
         trainer.train_step(b)
+    sync(device)
     rates, flops = [], []
     for r in range(repeats):
         chosen = data[3 + r * batches : 3 + (r + 1) * batches]
@@ -61,6 +68,7 @@ def train_rate(config, batches: int, repeats: int) -> tuple[tuple, float]:
         start = time.perf_counter()
         for b in chosen:
             trainer.train_step(b)
+        sync(device)
         rates.append(words / (time.perf_counter() - start))
     return med(rates), statistics.fmean(flops)
 
@@ -83,26 +91,31 @@ def step_flops(m, b) -> float:
     return float((3 * forward).sum())
 
 
-def matmul_ceiling(repeats: int, n: int = 1024) -> tuple:
-    a, c = torch.randn(n, n), torch.randn(n, n)
+def matmul_ceiling(repeats: int, device: torch.device) -> tuple:
+    """fp32 matrix-multiply rate (FLOP/s); on CUDA with TF32 off, so it is true fp32."""
+    n = 8192 if device.type == "cuda" else 1024
+    torch.backends.cuda.matmul.allow_tf32 = False
+    a, c = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     for _ in range(3):
         a @ c
+    sync(device)
     rates = []
     for _ in range(repeats):
         k = 20
         start = time.perf_counter()
         for _ in range(k):
             a @ c
+        sync(device)
         rates.append(2 * n**3 * k / (time.perf_counter() - start))
     return med(rates)
 
 
-def per_word_reference(repeats: int, words: int = 30) -> tuple:
+def per_word_reference(repeats: int, device: torch.device, words: int = 30) -> tuple:
     """The reference report's way: one word per optimizer step, the decoder run step by step
     with a teacher-forcing coin flip at each step, same model size (hidden 256, latent 32)."""
     cfg = pipeline.load_config("lab")
     torch.manual_seed(0)
-    model = pipeline.TenseCVAE(cfg.model, pipeline.model.Vocab())
+    model = pipeline.TenseCVAE(cfg.model, pipeline.model.Vocab()).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     pairs = make_pairs(load_train()[:200], "same")
     from pipeline.data import make_batch
@@ -111,7 +124,7 @@ def per_word_reference(repeats: int, words: int = 30) -> tuple:
     for r in range(repeats):
         start = time.perf_counter()
         for p in pairs[r * words : (r + 1) * words]:
-            b = make_batch([p], model.vocab)
+            b = make_batch([p], model.vocab).to(device)
             post = model.encode(b.src, b.src_len, b.src_tense)
             z = model.reparameterize(post.mu, post.logvar)
             state = model.init_decoder(z, b.tgt_tense, post)
@@ -125,6 +138,7 @@ def per_word_reference(repeats: int, words: int = 30) -> tuple:
             opt.zero_grad()
             (loss + kl).backward()
             opt.step()
+        sync(device)
         rates.append(words / (time.perf_counter() - start))
     return med(rates)
 
@@ -206,16 +220,17 @@ def job_figures(env: dict, bulk_lines: int, repeats: int, bulk_repeats: int) -> 
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def training_rows(config, batches: int, repeats: int) -> list[tuple[str, str]]:
-    rate, flops = train_rate(config, batches, repeats)
-    ref = per_word_reference(repeats)
-    ceiling = matmul_ceiling(repeats)
+def training_rows(config, batches: int, repeats: int, device) -> list[tuple[str, str]]:
+    rate, flops = train_rate(config, batches, repeats, device)
+    ref = per_word_reference(repeats, device)
+    ceiling = matmul_ceiling(repeats, device)
+    size = "8192^3" if device.type == "cuda" else "1024^3"
     return [
         ("training step, default config (words/s)", fmt(rate)),
         ("per-word reference loop, same size (words/s)", fmt(ref, digits=1)),
         ("ratio", f"{rate[0] / ref[0]:.0f}x"),
         ("useful GFLOP per word (forward + backward)", f"{flops / 1e9:.4f}"),
-        ("fp32 matmul ceiling, 1024^3 (GFLOP/s)", fmt(tuple(x / 1e9 for x in ceiling))),
+        (f"fp32 matmul ceiling, {size} (GFLOP/s)", fmt(tuple(x / 1e9 for x in ceiling))),
         ("training step's share of the ceiling", f"{rate[0] * flops / ceiling[0]:.0%}"),
     ]
 
@@ -236,13 +251,17 @@ def main() -> None:
     ap.add_argument("--bulk-repeats", type=int, default=1, help="repeats of the bulk jobs")
     ap.add_argument("--servers", action="store_true", help="also measure with Redis + PostgreSQL")
     ap.add_argument("--parts", default="train,convert,cold,jobs", help="which figures to measure")
+    ap.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="where the training figures run"
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.md"))
     args = ap.parse_args()
     R = args.repeats
+    device = torch.device(args.device)
     parts = set(args.parts.split(","))
     rows: list[tuple[str, str]] = []
     if "train" in parts:
-        rows += training_rows(pipeline.load_config("default"), args.batches, R)
+        rows += training_rows(pipeline.load_config("default"), args.batches, R, device)
     if "convert" in parts:
         for k, v in conversion_rates(pipeline.load_pretrained(), R).items():
             unit = "" if "identical" in k else " (words/s)"
@@ -259,10 +278,15 @@ def main() -> None:
             figs = job_figures(env, args.bulk_lines, R, args.bulk_repeats)
         for k, v in figs.items():
             rows.append((f"{name}: {k}", fmt(v, digits=3 if "latency" in k else 0)))
+    where = (
+        f"GPU {torch.cuda.get_device_name(device)} for the training figures"
+        if device.type == "cuda"
+        else "no GPU"
+    )
     header = (
         f"# tensevae speed benchmark\n\nCommand: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`  \n"
         f"Machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"no GPU. Median (min-max) over {R} repeats (bulk jobs: {args.bulk_repeats}). Workers run "
+        f"{where}. Median (min-max) over {R} repeats (bulk jobs: {args.bulk_repeats}). Workers run "
         "one torch thread each, so two workers can use the two cores.\n\n| figure | value |\n|---|---|\n"
     )
     text = header + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"

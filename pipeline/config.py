@@ -45,6 +45,11 @@ class TrainConfig:
     kl_cycles: int = 4  # cyclical: number of cycles
     kl_ratio: float = 0.5  # cyclical: share of a cycle spent rising
     free_bits: float = 0.0  # nats per latent dimension not penalised (0: off)
+    free_nats: float = 0.0  # nats of a word's whole KL not penalised (0: off)
+    # Weight of an MMD penalty between the batch's posterior samples and prior samples
+    # (InfoVAE): it pulls the aggregate posterior onto N(0, I), so that noise drawn for
+    # generation lands where the decoder was trained. 0: off.
+    mmd_weight: float = 0.0
     tf_start: float = 1.0  # teacher-forcing ratio at the start
     tf_end: float = 1.0  # ... and at the end
     tf_shape: str = "linear"  # constant, linear, cosine or step (halfway)
@@ -174,8 +179,8 @@ def validate(cfg: Config) -> None:
             "eval_every and checkpoint_every must be >= 1",
         ),
         (
-            t.free_bits >= 0 and t.kl_max >= 0 and t.grad_clip >= 0,
-            "free_bits, kl_max, grad_clip >= 0",
+            min(t.free_bits, t.free_nats, t.mmd_weight, t.kl_max, t.grad_clip) >= 0,
+            "free_bits, free_nats, mmd_weight, kl_max, grad_clip >= 0",
         ),
     ]
     for ok, message in checks:

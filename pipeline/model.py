@@ -184,6 +184,20 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
 
+def mmd(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Maximum mean discrepancy between samples x (N, Z) and y (M, Z), with inverse
+    multiquadratic kernels at several scales (as Wasserstein autoencoders use): near 0
+    when both come from one distribution."""
+    z = x.size(1)
+    both = torch.cat([x, y])
+    d2 = torch.cdist(both, both).pow(2)
+    k = sum((2.0 * z * s) / (2.0 * z * s + d2) for s in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0))
+    n, m = x.size(0), y.size(0)
+    kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
+    off = lambda a, size: (a.sum() - a.diagonal().sum()) / max(1, size * (size - 1))  # noqa: E731
+    return off(kxx, n) + off(kyy, m) - 2 * kxy.mean()
+
+
 def reconstruction_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy summed over each word's characters, (B,); padding is ignored."""
     ce = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=PAD, reduction="none")

@@ -24,7 +24,7 @@ from .data import (
 )
 from .errors import ConfigError, TrainingDiverged
 from .evaluate import bleu_on, exact_by_direction, gaussian
-from .model import TenseCVAE, kl_divergence, reconstruction_loss
+from .model import TenseCVAE, kl_divergence, mmd, reconstruction_loss
 from .schedules import kl_weight, teacher_forcing
 from .vocab import UNK, Vocab
 
@@ -163,7 +163,7 @@ class Trainer:
             self.step, self.total_steps, start=t.tf_start, end=t.tf_end, shape=t.tf_shape
         )
         post = m.encode(b.src, b.src_len, b.src_tense)
-        z = m.reparameterize(post.mu, post.logvar, self.generator)
+        z = posterior_z = m.reparameterize(post.mu, post.logvar, self.generator)
         use_context = posterior_used = None
         if m.config.attention:
             keep = torch.rand(z.size(0), generator=self.generator) >= m.config.context_dropout
@@ -175,10 +175,17 @@ class Trainer:
         state = m.init_decoder(z, b.tgt_tense, post, use_context)
         recon = reconstruction_loss(self._logits(b, state, tf), b.tgt_out).mean()
         kl_dims, share = self._kl(post.mu, post.logvar, posterior_used)
-        kl_term = share * (
-            kl_dims.clamp(min=t.free_bits).sum() if t.free_bits > 0 else kl_dims.sum()
-        )
+        kl_sum = kl_dims.clamp(min=t.free_bits).sum() if t.free_bits > 0 else kl_dims.sum()
+        kl_term = share * (kl_sum.clamp(min=t.free_nats) if t.free_nats > 0 else kl_sum)
         loss = recon + beta * kl_term
+        extra = {}
+        if t.mmd_weight > 0:
+            used = posterior_z if posterior_used is None else posterior_z[posterior_used]
+            if used.size(0) >= 2:
+                prior = torch.randn(used.shape, generator=self.generator).to(used.device)
+                gap = mmd(used, prior)
+                loss = loss + t.mmd_weight * gap
+                extra["mmd"] = gap.item()
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step}"
@@ -195,6 +202,7 @@ class Trainer:
             "kl": kl_dims.sum().item(),
             "beta": beta,
             "teacher_forcing": tf,
+            **extra,
         }
 
     # -- one epoch ------------------------------------------------------------------

@@ -34,6 +34,8 @@ def test_overrides():
         (["epochs=2.5"], "whole number"),
         (["kl_schedule=sometimes"], "kl_schedule"),
         (["attention=maybe"], "expected bool"),
+        (["mmd_weight=-1"], "mmd_weight"),
+        (["free_nats=-0.5"], "free_nats"),
     ],
 )
 def test_bad_overrides(overrides, message):

@@ -3,7 +3,7 @@ import torch
 from pipeline import decoding
 from pipeline.config import ModelConfig
 from pipeline.data import make_batch
-from pipeline.model import TenseCVAE, kl_divergence, reconstruction_loss
+from pipeline.model import TenseCVAE, kl_divergence, mmd, reconstruction_loss
 from pipeline.vocab import EOS, PAD, SOS, Vocab
 
 PAIRS = [("walk", 0, "walked", 3), ("go", 0, "went", 3), ("abandoning", 2, "abandons", 1)]
@@ -119,3 +119,15 @@ def test_greedy_stops_at_max_length_and_pads_after_eos():
     for row in out.tolist():
         if EOS in row:
             assert all(t == PAD for t in row[row.index(EOS) + 1 :])
+
+
+def test_mmd_tells_the_prior_from_a_shifted_or_shrunk_cloud():
+    g = torch.Generator().manual_seed(0)
+    prior = torch.randn(256, 8, generator=g)
+    same = torch.randn(256, 8, generator=g)
+    shifted = torch.randn(256, 8, generator=g) + 1.0
+    shrunk = 0.3 * torch.randn(256, 8, generator=g)
+    near = mmd(same, prior).item()
+    assert abs(near) < 0.02
+    assert mmd(shifted, prior).item() > 10 * max(near, 1e-3)
+    assert mmd(shrunk, prior).item() > 10 * max(near, 1e-3)

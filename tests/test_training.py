@@ -135,3 +135,14 @@ def test_plots(tiny_run, tmp_path):
 
     path = plot_history(tiny_run[0].history * 2, tmp_path / "curves.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_mmd_penalty_and_free_nats_train_and_are_reported(tiny_config):
+    cfg = tiny_config.replace(
+        train={"free_bits": 0.0, "free_nats": 2.0, "mmd_weight": 10.0, "eval_gaussian_draws": 0}
+    )
+    result = pipeline.train(cfg)
+    (figures,) = result.history
+    assert figures["mmd"] >= -0.05 and figures["mmd"] == figures["mmd"]
+    plain = pipeline.train(tiny_config.replace(train={"eval_gaussian_draws": 0}))
+    assert "mmd" not in plain.history[0] and plain.history[0]["loss"] != figures["loss"]
