@@ -50,6 +50,12 @@ class TrainConfig:
     # (InfoVAE): it pulls the aggregate posterior onto N(0, I), so that noise drawn for
     # generation lands where the decoder was trained. 0: off.
     mmd_weight: float = 0.0
+    # Weight of a loss that teaches the decoder, from z alone, the regions of N(0, I) between
+    # the training verbs' posteriors: noise drawn from the prior is decoded (in a random
+    # tense) toward the training verb whose posterior is likeliest at that point. 0: off.
+    prior_weight: float = 0.0
+    prior_words: int = 32  # prior draws per training step
+    prior_refresh: int = 25  # steps between re-encodings of every training form
     tf_start: float = 1.0  # teacher-forcing ratio at the start
     tf_end: float = 1.0  # ... and at the end
     tf_shape: str = "linear"  # constant, linear, cosine or step (halfway)
@@ -165,6 +171,10 @@ def validate(cfg: Config) -> None:
         (0 <= t.word_dropout < 1, "train.word_dropout must lie in [0, 1)"),
         (0 <= t.val_fraction < 1, "train.val_fraction must lie in [0, 1)"),
         (t.max_lines >= 0, "train.max_lines must be >= 0"),
+        (
+            t.prior_weight >= 0 and t.prior_words >= 1 and t.prior_refresh >= 1,
+            "train.prior_weight >= 0, prior_words >= 1, prior_refresh >= 1",
+        ),
         (
             t.select in ("last", "val_exact", "bleu4"),
             "train.select must be last, val_exact or bleu4",

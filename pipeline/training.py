@@ -16,8 +16,10 @@ from .data import (
     Batch,
     Quad,
     batches,
+    encode_sources,
     load_test,
     load_train,
+    make_batch,
     make_pairs,
     split_by_verb,
     test_words,
@@ -72,7 +74,10 @@ class Trainer:
         self.config, self.device = config, device
         t = config.train
         kept, self.val_quads = split_by_verb(train_quads, t.val_fraction, t.seed, test_words())
-        self.pairs = make_pairs(kept[: t.max_lines or None], t.pairs)
+        self.kept = kept[: t.max_lines or None]
+        self.pairs = make_pairs(self.kept, t.pairs)
+        self._bank: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._bank_step = 0
         torch.manual_seed(t.seed)  # weight initialisation
         self.model = TenseCVAE(config.model, Vocab()).to(device)
         self.optimizer = make_optimizer(self.model, config)
@@ -148,6 +153,47 @@ class Trainer:
             return kl.new_zeros(kl.size(1)), 0.0
         return kl[used].mean(0), n / kl.size(0)
 
+    # -- the prior's regions -----------------------------------------------------------
+    def _refresh_bank(self) -> None:
+        """The posterior of every form of every training line, as the terms of
+        -2 log q(z | form) that a prior draw is scored against."""
+        m = self.model
+        words = [w for q in self.kept for w in q]
+        tenses = [i for _ in self.kept for i in range(4)]
+        m.eval()
+        mus, logvars = [], []
+        with torch.no_grad():
+            for s in range(0, len(words), 4096):
+                ids, lengths = encode_sources(words[s : s + 4096], m.vocab)
+                src_tense = torch.tensor(tenses[s : s + 4096], device=self.device)
+                post = m.encode(ids.to(self.device), lengths, src_tense)
+                mus.append(post.mu)
+                logvars.append(post.logvar)
+        m.train()
+        mu, logvar = torch.cat(mus), torch.cat(logvars)
+        inv = torch.exp(-logvar)
+        self._bank = (inv, mu * inv, (mu * mu * inv).sum(1) + logvar.sum(1))
+        self._bank_step = self.step
+
+    def _prior_loss(self, tf: float) -> torch.Tensor:
+        """Reconstruction of the training verb whose posterior is likeliest at each of
+        prior_words draws z ~ N(0, I), decoded from z alone in a random tense."""
+        t, m = self.config.train, self.model
+        if self._bank is None or self.step - self._bank_step >= t.prior_refresh:
+            self._refresh_bank()
+        inv, mu_inv, const = self._bank
+        z = torch.randn(t.prior_words, m.config.latent_size, generator=self.generator)
+        z = z.to(self.device)
+        # sum over dimensions of (z - mu)^2 / var + log var, for every (draw, form)
+        distance = (z * z) @ inv.T - 2 * z @ mu_inv.T + const
+        nearest = distance.argmin(1).tolist()
+        tenses = torch.randint(4, (len(nearest),), generator=self.generator).tolist()
+        quads = [self.kept[e // 4] for e in nearest]
+        pairs = [(q[k], k, q[k], k) for q, k in zip(quads, tenses, strict=True)]
+        b = make_batch(pairs, m.vocab).to(self.device)
+        state = m.init_decoder(z, b.tgt_tense)
+        return reconstruction_loss(self._logits(b, state, tf), b.tgt_out).mean()
+
     def train_step(self, b: Batch) -> dict[str, float]:
         t, m = self.config.train, self.model
         beta = kl_weight(
@@ -179,6 +225,10 @@ class Trainer:
         kl_term = share * (kl_sum.clamp(min=t.free_nats) if t.free_nats > 0 else kl_sum)
         loss = recon + beta * kl_term
         extra = {}
+        if t.prior_weight > 0:
+            prior = self._prior_loss(tf)
+            loss = loss + t.prior_weight * prior
+            extra["prior_recon"] = prior.item()
         if t.mmd_weight > 0:
             used = posterior_z if posterior_used is None else posterior_z[posterior_used]
             if used.size(0) >= 2:
@@ -211,6 +261,7 @@ class Trainer:
         self.model.train()
         sums: dict[str, float] = {}
         n, start = 0, time.perf_counter()
+        self._bank = None  # encoded afresh at each epoch's start (and so after a resume)
         for b in batches(self.pairs, self.model.vocab, t.batch_size, self.generator):
             if should_stop is not None and should_stop():
                 return None

@@ -34,8 +34,9 @@ def test_same_seed_same_figures(tiny_config, tiny_run):
     assert strip == [{k: v for k, v in h.items() if k not in drop} for h in tiny_run[0].history]
 
 
-def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tiny_config):
-    cfg = tiny_config.replace(train={"epochs": 2, "eval_gaussian_draws": 0})
+@pytest.mark.parametrize("extra", [{}, {"prior_weight": 1.0, "prior_refresh": 3}])
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tiny_config, extra):
+    cfg = tiny_config.replace(train={"epochs": 2, "eval_gaussian_draws": 0, **extra})
     full = pipeline.train(cfg)
     saved = []
     pipeline.train(
@@ -135,6 +136,27 @@ def test_plots(tiny_run, tmp_path):
 
     path = plot_history(tiny_run[0].history * 2, tmp_path / "curves.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_prior_draws_are_decoded_toward_the_likeliest_training_verb(tiny_config):
+    from pipeline.training import Trainer
+
+    cfg = tiny_config.replace(train={"prior_weight": 1.0, "prior_words": 16})
+    trainer = Trainer(cfg, pipeline.data.load_train(), torch.device("cpu"))
+    trainer._refresh_bank()
+    inv, mu_inv, const = trainer._bank
+    assert inv.shape[0] == 4 * len(trainer.kept)
+    # A draw placed on a form's posterior mean is scored nearest to that form's line
+    # (or to a line whose posterior there is at least as likely).
+    mu = mu_inv / inv
+    z = mu[:8]
+    distance = (z * z) @ inv.T - 2 * z @ mu_inv.T + const
+    own = distance[torch.arange(8), torch.arange(8)]
+    assert torch.all(distance.min(1).values <= own + 1e-4)
+    brute = ((z[:, None, :] - mu[None]) ** 2 * inv[None]).sum(-1) - torch.log(inv).sum(-1)
+    assert torch.allclose(distance, brute, rtol=1e-4, atol=1e-3)
+    result = pipeline.train(cfg)
+    assert result.history[0]["prior_recon"] > 0
 
 
 def test_the_mmd_penalty_and_free_nats_train_and_are_reported(tiny_config):
