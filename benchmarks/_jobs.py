@@ -27,7 +27,7 @@ def med(values):
     return [statistics.median(v), v[0], v[-1]]
 
 
-def start_worker(name: str) -> subprocess.Popen:
+def start_worker(name: str, threads: int) -> subprocess.Popen:
     p = subprocess.Popen(
         [
             sys.executable,
@@ -40,8 +40,10 @@ def start_worker(name: str) -> subprocess.Popen:
             name,
             "--loglevel",
             "error",
+            "--threads",
+            str(threads),
         ],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": str(threads)},
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -63,7 +65,8 @@ def main() -> None:
     bulk, repeats, bulk_repeats = (int(a) for a in sys.argv[1:4])
     upgrade()
     out = {}
-    workers = [start_worker("bench1")]
+    cores = os.cpu_count() or 1
+    workers = [start_worker("bench1", cores)]
     # Latency: a tiny generation job, one at a time, submit -> started_at.
     latency = []
     for i in range(10):
@@ -84,8 +87,12 @@ def main() -> None:
     words = [w for q in load_train() for w in q]
     requests = [[i + 1, words[i % len(words)], "sp", "p"] for i in range(bulk)]
     for n_workers in (1, 2):
-        while len(workers) < n_workers:
-            workers.append(start_worker(f"bench{len(workers) + 1}"))
+        if len(workers) != n_workers:  # the cores shared out: threads = cores / workers
+            for p in workers:
+                p.terminate()
+                p.wait()
+            threads = max(1, cores // n_workers)
+            workers = [start_worker(f"bench{n_workers}-{k}", threads) for k in range(n_workers)]
         rates = []
         for _ in range(bulk_repeats):
             # Split the lines into one job per worker, as a user scaling out would.

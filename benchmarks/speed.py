@@ -286,8 +286,8 @@ def main() -> None:
     header = (
         f"# tensevae speed benchmark\n\nCommand: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`  \n"
         f"Machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{where}. Median (min-max) over {R} repeats (bulk jobs: {args.bulk_repeats}). Workers run "
-        "one torch thread each, so two workers can use the two cores.\n\n| figure | value |\n|---|---|\n"
+        f"{where}. Median (min-max) over {R} repeats (bulk jobs: {args.bulk_repeats}). Workers share "
+        "the cores out: a lone worker runs one torch thread per core, two run half as many each.\n\n| figure | value |\n|---|---|\n"
     )
     text = header + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

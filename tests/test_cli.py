@@ -85,6 +85,7 @@ def test_one_off_conversion_imports_no_job_system():
         (["train", "--set", "train.epochs=many"], "expected int"),
         (["jobs", "424242"], "no job 424242"),
         (["cancel", "424242"], "no job 424242"),
+        (["worker", "--threads", "-1"], "--threads must be 0"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):

@@ -518,6 +518,12 @@ def cmd_worker(args) -> int:
     from workers.app import app
 
     name = args.name or f"tensevae-{'-'.join(queues.split(','))}@%h"
+    if args.threads < 0:
+        raise UserError(f"--threads must be 0 (torch's default) or more, not {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     argv = [
         "worker",
         "--pool",
@@ -670,6 +676,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--queues", help="comma-separated queues (default: all: gpu,cpu)")
     p.add_argument("--name", help="worker name (default: tensevae-QUEUES@host)")
     p.add_argument("--loglevel", default="info")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (default: torch's, one per core; with several workers on "
+        "one machine give each cores/workers)",
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("db", help="database schema")
