@@ -146,6 +146,16 @@ def per_word_reference(repeats: int, device: torch.device, words: int = 30) -> t
 # -- conversion --------------------------------------------------------------------------------
 
 
+def conversion_flops(model, words: list[str], targets: list[str]) -> float:
+    """Forward floating-point operations per converted word (encoder, heads, decoder over
+    the written characters), counted as the training step's forward pass is."""
+    from pipeline.data import make_batch
+
+    pairs = [(w, 0, t, 3) for w, t in zip(words, targets, strict=True)]
+    b = make_batch(pairs, model.vocab)
+    return step_flops(model.config, b) / 3 / len(words)
+
+
 def conversion_rates(model, repeats: int) -> dict:
     words = [w for q in load_train() for w in q][:4096]
     out = {}
@@ -168,6 +178,7 @@ def conversion_rates(model, repeats: int) -> dict:
     out["bf16 identical outputs"] = sum(a == b for a, b in zip(low, reference, strict=True)) / len(
         words
     )
+    out["useful GFLOP per word (forward)"] = conversion_flops(model, words, reference) / 1e9
     return out
 
 
@@ -263,9 +274,21 @@ def main() -> None:
     if "train" in parts:
         rows += training_rows(pipeline.load_config("default"), args.batches, R, device)
     if "convert" in parts:
-        for k, v in conversion_rates(pipeline.load_pretrained(), R).items():
+        figures = conversion_rates(pipeline.load_pretrained(), R)
+        flops = figures.pop("useful GFLOP per word (forward)")
+        for k, v in figures.items():
             unit = "" if "identical" in k else " (words/s)"
             rows.append((f"conversion {k}{unit}", f"{v:.1%}" if isinstance(v, float) else fmt(v)))
+        ceiling = matmul_ceiling(R, torch.device("cpu"))
+        allowed = ceiling[0] / (flops * 1e9)
+        rows += [
+            ("conversion: useful GFLOP per word (forward)", f"{flops:.5f}"),
+            ("conversion: words/s the fp32 matmul ceiling allows", f"{allowed:,.0f}"),
+            (
+                "conversion: greedy fp32's share of that",
+                f"{figures['greedy fp32'][0] / allowed:.0%}",
+            ),
+        ]
     if "cold" in parts:
         for k, v in cold_convert(R).items():
             rows.append((f"cold one-off convert: {k}", fmt(v, digits=3)))
