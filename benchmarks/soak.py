@@ -133,7 +133,7 @@ def main() -> int:
     lines = [
         "# tensevae soak test",
         "",
-        f"Command: `python benchmarks/soak.py {' '.join(sys.argv[1:])}`  ",
+        f"Command: `{' '.join(['python benchmarks/soak.py', *sys.argv[1:]])}`  ",
         "Two workers (one torch thread each) on a private redis-server and a fresh PostgreSQL "
         f"database; jobs: {dict(kinds)}. A third of the way in one worker was killed with "
         "SIGKILL and replaced; two thirds in, Redis was killed and started again empty.",
