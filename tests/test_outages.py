@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import select
@@ -98,29 +99,39 @@ def test_redis_restarted_mid_job(tmp_path, database):
         server.stop()
 
 
-def test_database_cut_briefly_mid_job_is_retried(tmp_path, database):
-    """The database connection drops for a few seconds, shorter than TENSEVAE_DB_RETRY:
-    the worker retries its writes and the job ends as if nothing happened; the command
-    run meanwhile says in one line that the database is unreachable."""
-    redis_url()
+@contextmanager
+def _training_behind_a_proxy(tmp_path, database, epochs: int, **env: str):
+    """A worker whose PostgreSQL connection runs through a TcpProxy, training a job that
+    has written two epochs when this yields (backend, proxy, job id)."""
     host_port = POSTGRES_URL.split("@", 1)[1].split("/", 1)[0]
     host, port = host_port.split(":")
     proxy = TcpProxy(host, int(port))
-    via_proxy = database.replace(host_port, f"127.0.0.1:{proxy.port}")
     env = {
         "TENSEVAE_HOME": str(tmp_path),
         "TENSEVAE_BROKER_URL": redis_url(),
-        "TENSEVAE_DATABASE_URL": via_proxy,
+        "TENSEVAE_DATABASE_URL": database.replace(host_port, f"127.0.0.1:{proxy.port}"),
         "TENSEVAE_HEARTBEAT": "0.5",
-        "TENSEVAE_DB_RETRY": "60",
+        **env,
     }
     with Backend("proxied-postgres", env) as b:
         from db.migrate import upgrade
 
         upgrade()
         b.start_worker("w1")
-        job = _submit_train(epochs=10)
+        job = _submit_train(epochs=epochs)
         _wait_epochs(job, 2)
+        yield b, proxy, job
+
+
+def test_database_cut_briefly_mid_job_is_retried(tmp_path, database):
+    """The database connection drops for a few seconds, shorter than TENSEVAE_DB_RETRY:
+    the worker retries its writes and the job ends as if nothing happened; the command
+    run meanwhile says in one line that the database is unreachable."""
+    with _training_behind_a_proxy(tmp_path, database, 10, TENSEVAE_DB_RETRY="60") as (
+        _,
+        proxy,
+        job,
+    ):
         proxy.cut()
         start = time.monotonic()
         cli = subprocess.run(
@@ -146,26 +157,9 @@ def test_database_gone_longer_than_the_retry_window(tmp_path, database):
     """The database stays away past TENSEVAE_DB_RETRY: the worker gives the job up without
     a half-written result; once the database is back, the job is found stale, requeued
     and resumed from its last checkpoint, each epoch recorded once."""
-    redis_url()
-    host_port = POSTGRES_URL.split("@", 1)[1].split("/", 1)[0]
-    host, port = host_port.split(":")
-    proxy = TcpProxy(host, int(port))
-    via_proxy = database.replace(host_port, f"127.0.0.1:{proxy.port}")
-    env = {
-        "TENSEVAE_HOME": str(tmp_path),
-        "TENSEVAE_BROKER_URL": redis_url(),
-        "TENSEVAE_DATABASE_URL": via_proxy,
-        "TENSEVAE_HEARTBEAT": "0.5",
-        "TENSEVAE_STALE_AFTER": "3",
-        "TENSEVAE_DB_RETRY": "1",
-    }
-    with Backend("proxied-postgres", env) as b:
-        from db.migrate import upgrade
-
-        upgrade()
-        b.start_worker("w1")
-        job = _submit_train(epochs=10)
-        _wait_epochs(job, 2)
+    with _training_behind_a_proxy(
+        tmp_path, database, 10, TENSEVAE_STALE_AFTER="3", TENSEVAE_DB_RETRY="1"
+    ) as (_, proxy, job):
         proxy.cut()
         time.sleep(6)
         proxy.restore()
