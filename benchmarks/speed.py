@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +92,7 @@ def step_flops(m, b) -> float:
     return float((3 * forward).sum())
 
 
+@cache  # measured once per device, for training and conversion alike
 def matmul_ceiling(repeats: int, device: torch.device) -> tuple:
     """fp32 matrix-multiply rate (FLOP/s); on CUDA with TF32 off, so it is true fp32."""
     n = 8192 if device.type == "cuda" else 1024

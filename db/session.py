@@ -126,5 +126,16 @@ def retrying(work: Callable[[], object], window_s: float | None = None):
             delay = min(2 * delay, 5.0)
 
 
+def transaction(work: Callable[[Session], object], window_s: float | None = None):
+    """``work(s)`` in one session, committed when it returns, and run again whole while the
+    database is unreachable (see ``retrying``)."""
+
+    def attempt():
+        with session() as s:
+            return work(s)
+
+    return retrying(attempt, window_s)
+
+
 def is_sqlite(url: str | None = None) -> bool:
     return _normalise(url or database_url()).startswith("sqlite")

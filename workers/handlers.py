@@ -1,7 +1,7 @@
 """What each job kind does: read the job's params, call ``pipeline``, write its results.
 
 Every write is one transaction, retried whole while the database is unreachable
-(db.session.retrying), and idempotent: a job run again after its worker died resumes or
+(db.session.transaction), and idempotent: a job run again after its worker died resumes or
 rewrites, and never duplicates a row (unique keys and skip-if-present)."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from db.models import (
     Model,
     Score,
 )
-from db.session import retrying, session
+from db.session import transaction
 from pipeline import artifacts
 from pipeline.config import from_dict
 from pipeline.evaluate import check_words
@@ -43,16 +43,15 @@ def load_model(ref: str | int) -> pipeline.TenseCVAE:
     if ref in (None, "pretrained"):
         return artifacts.load_pretrained(device)
 
-    def read():
-        with session() as s:
-            row = s.get(Model, int(ref))
-            if row is None:
-                raise pipeline.ModelLoadError(f"model {ref} is not in the database")
-            if artifacts.sha256(row.weights) != row.sha256:
-                raise pipeline.ModelLoadError(f"model {ref}: weights do not match their sha256")
-            return artifacts.from_bytes(row.weights, f"model {ref}").to(device)
+    def read(s):
+        row = s.get(Model, int(ref))
+        if row is None:
+            raise pipeline.ModelLoadError(f"model {ref} is not in the database")
+        if artifacts.sha256(row.weights) != row.sha256:
+            raise pipeline.ModelLoadError(f"model {ref}: weights do not match their sha256")
+        return artifacts.from_bytes(row.weights, f"model {ref}").to(device)
 
-    return retrying(read)
+    return transaction(read)
 
 
 def _model_id(ref: Any) -> int | None:
@@ -103,37 +102,36 @@ def _epoch_writer(job: Job, ctx: JobContext) -> Callable[[EpochReport], None]:
         f = rep.figures
         data = rep.checkpoint() if rep.checkpoint_due else None
 
-        def write():
-            with session() as s:
-                if (
-                    s.scalar(
-                        select(EpochMetric.id).where(
-                            EpochMetric.job_id == job.id, EpochMetric.epoch == rep.epoch
-                        )
+        def write(s):
+            if (
+                s.scalar(
+                    select(EpochMetric.id).where(
+                        EpochMetric.job_id == job.id, EpochMetric.epoch == rep.epoch
                     )
-                    is None
-                ):
-                    s.add(
-                        EpochMetric(
-                            job_id=job.id,
-                            epoch=rep.epoch,
-                            figures=f,
-                            **{k: f.get(k) for k in EPOCH_COLUMNS},
-                        )
-                    )
-                if data is not None:
-                    s.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id))
-                    s.add(
-                        Checkpoint(
-                            job_id=job.id, epoch=rep.epoch, data=data, sha256=artifacts.sha256(data)
-                        )
-                    )
-                message = f"epoch {rep.epoch}/{rep.epochs} loss {f['loss']:.3f}" + (
-                    f" bleu4 {f['bleu4']:.3f}" if "bleu4" in f else ""
                 )
-                ctx.progress(rep.epoch / rep.epochs * 0.95, message, s)
+                is None
+            ):
+                s.add(
+                    EpochMetric(
+                        job_id=job.id,
+                        epoch=rep.epoch,
+                        figures=f,
+                        **{k: f.get(k) for k in EPOCH_COLUMNS},
+                    )
+                )
+            if data is not None:
+                s.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id))
+                s.add(
+                    Checkpoint(
+                        job_id=job.id, epoch=rep.epoch, data=data, sha256=artifacts.sha256(data)
+                    )
+                )
+            message = f"epoch {rep.epoch}/{rep.epochs} loss {f['loss']:.3f}" + (
+                f" bleu4 {f['bleu4']:.3f}" if "bleu4" in f else ""
+            )
+            ctx.progress(rep.epoch / rep.epochs * 0.95, message, s)
 
-        retrying(write)
+        transaction(write)
         ctx.check()
 
     return on_epoch
@@ -169,34 +167,33 @@ def train_job(job: Job, ctx: JobContext) -> dict[str, Any]:
     held = _held_out(config, result)
     weights = artifacts.to_bytes(result.model.cpu(), {"job_id": job.id, "config": config.to_dict()})
 
-    def write():
-        with session() as s:
-            model = s.scalars(select(Model).where(Model.job_id == job.id)).first()
-            if model is None:
-                model = Model(
-                    name=f"{config.name}-job{job.id}",
-                    job_id=job.id,
-                    config=config.to_dict(),
-                    weights=weights,
-                    sha256=artifacts.sha256(weights),
-                    size_bytes=len(weights),
-                    epoch=result.best_epoch,
-                )
-                s.add(model)
-                s.flush()
-            write_scores(s, job.id, model.id, figures)
-            if held:
-                s.execute(
-                    insert(Score),
-                    [
-                        {**_row(f"unseen_exact:{k}", v, dataset="held-out verbs"),
-                         "job_id": job.id, "model_id": model.id}
-                        for k, v in held.items() if k != "verbs"
-                    ],
-                )  # fmt: skip
+    def write(s):
+        model = s.scalars(select(Model).where(Model.job_id == job.id)).first()
+        if model is None:
+            model = Model(
+                name=f"{config.name}-job{job.id}",
+                job_id=job.id,
+                config=config.to_dict(),
+                weights=weights,
+                sha256=artifacts.sha256(weights),
+                size_bytes=len(weights),
+                epoch=result.best_epoch,
+            )
+            s.add(model)
+            s.flush()
+        write_scores(s, job.id, model.id, figures)
+        if held:
+            s.execute(
+                insert(Score),
+                [
+                    {**_row(f"unseen_exact:{k}", v, dataset="held-out verbs"),
+                     "job_id": job.id, "model_id": model.id}
+                    for k, v in held.items() if k != "verbs"
+                ],
+            )  # fmt: skip
         return model.id
 
-    model_id = retrying(write)
+    model_id = transaction(write)
     return {
         "model_id": model_id,
         "epochs": len(result.history),
@@ -225,11 +222,10 @@ def evaluate_job(job: Job, ctx: JobContext) -> dict[str, Any]:
     )
     ctx.check()
 
-    def write():
-        with session() as s:
-            write_scores(s, job.id, _model_id(p.get("model")), figures)
+    def write(s):
+        write_scores(s, job.id, _model_id(p.get("model")), figures)
 
-    retrying(write)
+    transaction(write)
     return {"model": p.get("model", "pretrained"), **_summary(figures)}
 
 
@@ -274,33 +270,28 @@ def convert_job(job: Job, ctx: JobContext) -> dict[str, Any]:
     model = load_model(p.get("model", "pretrained"))
     requests = p["requests"]
 
-    def written_lines() -> set[int]:  # resume after the last batch written
-        with session() as s:
-            return set(s.scalars(select(Conversion.line).where(Conversion.job_id == job.id)))
+    def written_lines(s) -> set[int]:  # resume after the last batch written
+        return set(s.scalars(select(Conversion.line).where(Conversion.job_id == job.id)))
 
-    done = retrying(written_lines)
+    done = transaction(written_lines)
     todo = [r for r in requests if r[0] not in done]
     for start in range(0, len(todo), BATCH):
         ctx.check()
         rows = _convert_batch(model, todo[start : start + BATCH], p.get("method", "greedy"))
         written = len(done) + start + len(rows)
 
-        def write(rows=rows, written=written):
-            with session() as s:
-                s.execute(insert(Conversion), [{**r, "job_id": job.id} for r in rows])
-                ctx.progress(written / len(requests), f"{written}/{len(requests)} lines", s)
+        def write(s, rows=rows, written=written):
+            s.execute(insert(Conversion), [{**r, "job_id": job.id} for r in rows])
+            ctx.progress(written / len(requests), f"{written}/{len(requests)} lines", s)
 
-        retrying(write)
+        transaction(write)
 
-    def refused() -> int:
-        with session() as s:
-            return s.scalar(
-                select(func.count()).where(
-                    Conversion.job_id == job.id, Conversion.error.is_not(None)
-                )
-            )
+    def refused(s) -> int:
+        return s.scalar(
+            select(func.count()).where(Conversion.job_id == job.id, Conversion.error.is_not(None))
+        )
 
-    n_bad = retrying(refused)
+    n_bad = transaction(refused)
     return {"lines": len(requests), "converted": len(requests) - n_bad, "refused": n_bad}
 
 
@@ -319,12 +310,11 @@ def generate_job(job: Job, ctx: JobContext) -> dict[str, Any]:
         for i, t in enumerate(tuples)
     ]  # fmt: skip
 
-    def write():
-        with session() as s:
-            s.execute(delete(GeneratedWord).where(GeneratedWord.job_id == job.id))
-            s.execute(insert(GeneratedWord), rows)
+    def write(s):
+        s.execute(delete(GeneratedWord).where(GeneratedWord.job_id == job.id))
+        s.execute(insert(GeneratedWord), rows)
 
-    retrying(write)
+    transaction(write)
     return {
         "n": len(tuples),
         "gaussian_score": gaussian_score(tuples, train),

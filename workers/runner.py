@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, update
 
 from db.models import FINAL_STATES, Checkpoint, Job, Worker, utcnow
-from db.session import DatabaseUnavailable, retrying, session
+from db.session import DatabaseUnavailable, session, transaction
 
 from . import settings
 
@@ -42,42 +42,38 @@ class LostClaim(Exception):
 
 def claim(job_id: int, worker: str) -> Job | None:
     """Mark the job running for this worker, if it is queued or its worker went silent."""
-    return retrying(lambda: _claim(job_id, worker))
+    return transaction(lambda s: _claim(s, job_id, worker))
 
 
-def _claim(job_id: int, worker: str) -> Job | None:
+def _claim(s, job_id: int, worker: str) -> Job | None:
     stale = utcnow() - timedelta(seconds=settings.STALE_AFTER_S)
-    with session() as s:
-        now = utcnow()
-        took = s.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .where(
-                or_(Job.state == "queued", (Job.state == "running") & (Job.heartbeat_at < stale))
-            )
-            .values(
-                state="running",
-                worker=worker,
-                heartbeat_at=now,
-                attempts=Job.attempts + 1,
-                started_at=func.coalesce(Job.started_at, now),
-            )
-        ).rowcount
-        return s.get(Job, job_id) if took else None
+    now = utcnow()
+    took = s.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .where(or_(Job.state == "queued", (Job.state == "running") & (Job.heartbeat_at < stale)))
+        .values(
+            state="running",
+            worker=worker,
+            heartbeat_at=now,
+            attempts=Job.attempts + 1,
+            started_at=func.coalesce(Job.started_at, now),
+        )
+    ).rowcount
+    return s.get(Job, job_id) if took else None
 
 
 def _finish(job_id: int, worker: str, state: str, **values: Any) -> bool:
-    def write() -> bool:
-        with session() as s:
-            return bool(
-                s.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.worker == worker, Job.state == "running")
-                    .values(state=state, finished_at=utcnow(), **values)
-                ).rowcount
-            )
+    def write(s) -> bool:
+        return bool(
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.worker == worker, Job.state == "running")
+                .values(state=state, finished_at=utcnow(), **values)
+            ).rowcount
+        )
 
-    return retrying(write)
+    return transaction(write)
 
 
 def touch_in(s, job_id: int, worker: str, **values: Any) -> bool:
@@ -92,11 +88,7 @@ def touch_in(s, job_id: int, worker: str, **values: Any) -> bool:
 
 
 def touch(job_id: int, worker: str, **values: Any) -> bool:
-    def write() -> bool:
-        with session() as s:
-            return touch_in(s, job_id, worker, **values)
-
-    return retrying(write)
+    return transaction(lambda s: touch_in(s, job_id, worker, **values))
 
 
 class JobContext:
@@ -128,11 +120,10 @@ class JobContext:
         if now - self._checked >= 1.0:
             self._checked = now
 
-            def read() -> bool:
-                with session() as s:
-                    return bool(s.scalar(select(Job.cancel_requested).where(Job.id == self.job.id)))
+            def read(s) -> bool:
+                return bool(s.scalar(select(Job.cancel_requested).where(Job.id == self.job.id)))
 
-            self._cancel = retrying(read)
+            self._cancel = transaction(read)
         if self._cancel:
             raise Cancelled()
 
@@ -286,28 +277,27 @@ def run_job(job_id: Any, worker: str) -> str:
         return "abandoned"
 
 
-def _open(job_id: int) -> str | None:
+def _open(s, job_id: int) -> str | None:
     """Settle what needs no claim: a job that does not exist, has ended or was cancelled
     while queued; None when it is there to be run."""
-    with session() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            log.error("rejected a message for job %s: no such job", job_id)
-            return "rejected"
-        if job.state in FINAL_STATES:
-            return "skipped"
-        if job.cancel_requested and job.state == "queued":
-            s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.state == "queued")
-                .values(state="cancelled", finished_at=utcnow())
-            )
-            return "cancelled"
+    job = s.get(Job, job_id)
+    if job is None:
+        log.error("rejected a message for job %s: no such job", job_id)
+        return "rejected"
+    if job.state in FINAL_STATES:
+        return "skipped"
+    if job.cancel_requested and job.state == "queued":
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == "queued")
+            .values(state="cancelled", finished_at=utcnow())
+        )
+        return "cancelled"
     return None
 
 
 def _run(job_id: int, worker: str) -> str:
-    settled = retrying(lambda: _open(job_id))
+    settled = transaction(lambda s: _open(s, job_id))
     if settled is not None:
         return settled
     job = claim(job_id, worker)
@@ -344,14 +334,13 @@ def _reason(e: Exception) -> str:
 
 
 def latest_checkpoint(job_id: int) -> bytes | None:
-    def read() -> bytes | None:
-        with session() as s:
-            row = s.scalars(
-                select(Checkpoint)
-                .where(Checkpoint.job_id == job_id)
-                .order_by(Checkpoint.epoch.desc())
-                .limit(1)
-            ).first()
-            return row.data if row else None
+    def read(s) -> bytes | None:
+        row = s.scalars(
+            select(Checkpoint)
+            .where(Checkpoint.job_id == job_id)
+            .order_by(Checkpoint.epoch.desc())
+            .limit(1)
+        ).first()
+        return row.data if row else None
 
-    return retrying(read)
+    return transaction(read)
