@@ -36,17 +36,28 @@ def sample(
 
 
 def _run(step, state, batch, max_length, device, pick) -> torch.Tensor:
+    """Decode until every row has written EOS. Rows that have finished are dropped from the
+    batch once they are a quarter of it (where the state can ``select``), so short words do
+    not pay for the longest word's steps."""
+    out = torch.full((batch, max_length), PAD, dtype=torch.long, device=device)
+    rows = torch.arange(batch, device=device)  # each live row's place in ``out``
     tokens = torch.full((batch,), SOS, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
-    out = []
-    for _ in range(max_length):
+    compact = hasattr(state, "select")
+    written = 0
+    for i in range(max_length):
         logits, state = step(tokens, state)
         tokens = pick(logits).masked_fill(done, PAD)
-        out.append(tokens)
+        out[rows, i] = tokens
+        written = i + 1
         done |= tokens == EOS
-        if bool(done.all()):
+        finished = int(done.sum())
+        if finished == done.numel():
             break
-    return torch.stack(out, dim=1)
+        if compact and 4 * finished >= done.numel():
+            keep = (~done).nonzero().squeeze(1)
+            rows, tokens, done, state = rows[keep], tokens[keep], done[keep], state.select(keep)
+    return out[:, :written]
 
 
 def beam(

@@ -32,6 +32,8 @@ class DecoderState:
     mask: torch.Tensor | None  # (B, S)
     use_context: torch.Tensor | None  # (B, 1) 1 where the decoder may attend
     feed: torch.Tensor | None = None  # (B, H) last attentional output, fed to the next step
+    pre: torch.Tensor | None = None  # (B, 4H) the gates' share from z, tense and biases
+    cell: CellWeights | None = None  # the same for every row, so select leaves it alone
 
     def select(self, index: torch.Tensor) -> DecoderState:
         def pick(t, dim=0):
@@ -45,7 +47,28 @@ class DecoderState:
             pick(self.mask),
             pick(self.use_context),
             pick(self.feed),
+            pick(self.pre),
+            self.cell,
         )
+
+
+@dataclass
+class CellWeights:
+    """The attending decoder's LSTM weights, cut once per decode into the pieces each step
+    needs: its input's character part (and, out of training, that part already applied to
+    every character, a lookup table) and one matrix for the fed-back output and h together."""
+
+    chars: torch.Tensor  # (4H, C)
+    table: torch.Tensor | None  # (V, 4H) chars' embeddings times their weights
+    recurrent: torch.Tensor  # (4H, H + H) for [feed, h]
+
+
+def lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """h and c after one LSTM step from its gate pre-activations (B, 4H), in nn.LSTM's
+    order (input, forget, cell, output)."""
+    i, f, g, o = gates.chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
 
 
 class TenseCVAE(nn.Module):
@@ -126,6 +149,9 @@ class TenseCVAE(nn.Module):
                 flag = (
                     z.new_ones(B, 1) if use_context is None else use_context.to(z.dtype).view(B, 1)
                 )
+        pre = cell = None
+        if self.config.attention:
+            pre, cell = self._cell_weights(cond)
         return DecoderState(
             h0.unsqueeze(0).contiguous(),
             c0.unsqueeze(0).contiguous(),
@@ -134,7 +160,24 @@ class TenseCVAE(nn.Module):
             mask,
             flag,
             feed,
+            pre,
+            cell,
         )
+
+    def _cell_weights(self, cond: torch.Tensor) -> tuple[torch.Tensor, CellWeights]:
+        """The attending decoder runs its LSTM step by hand from nn.LSTM's own parameters:
+        the input's parts that stay fixed over a word (z, tense, biases) are multiplied once
+        here, not at every step, and per-step work is one matrix product."""
+        d, C = self.decoder, self.config.char_embedding
+        w = d.weight_ih_l0  # columns: characters, then [z, tense] if fed, then feed
+        bias = d.bias_ih_l0 + d.bias_hh_l0
+        Zc = cond.size(1) if self.config.decoder_input_z else 0
+        pre = F.linear(cond, w[:, C : C + Zc], bias) if Zc else bias.expand(cond.size(0), -1)
+        table = None
+        if not (self.training and self.drop.p > 0):  # dropout needs the embeddings themselves
+            table = F.linear(self.chars.weight, w[:, :C])
+        recurrent = torch.cat([w[:, C + Zc :], d.weight_hh_l0], dim=1)
+        return pre, CellWeights(w[:, :C], table, recurrent)
 
     def _inputs(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         x = self.drop(self.chars(tokens))  # (B, T, C)
@@ -144,21 +187,39 @@ class TenseCVAE(nn.Module):
 
     def _attend(self, out: torch.Tensor, state: DecoderState) -> torch.Tensor:
         """The attentional output (B, H) for one decoder output (B, H); the context is
-        zeroed, and flagged so, where the decoder may not attend."""
-        scores = torch.einsum("be,bse->bs", self.attn_key(out), state.memory)
+        zeroed, and flagged so, where the decoder may not attend. In training, broadcast
+        products: with one query per row the batched matrix products' backward is made of
+        outer products, about three times slower on CPU. Without gradients, batched matrix
+        products: they need no (B, S, E) intermediate."""
+        memory, key = state.memory, self.attn_key(out)
+        if torch.is_grad_enabled():
+            scores = (memory * key.unsqueeze(1)).sum(-1)
+        else:
+            scores = torch.bmm(memory, key.unsqueeze(2)).squeeze(2)
         scores = scores.masked_fill(~state.mask, float("-inf"))
-        context = torch.einsum("bs,bse->be", torch.softmax(scores, dim=-1), state.memory)
+        weights = torch.softmax(scores, dim=-1)
+        if torch.is_grad_enabled():
+            context = (weights.unsqueeze(2) * memory).sum(1)
+        else:
+            context = torch.bmm(weights.unsqueeze(1), memory).squeeze(1)
         flag = state.use_context  # (B, 1)
         return torch.tanh(self.combine(torch.cat([out, context * flag, flag], dim=-1)))
 
     def decode(self, tokens: torch.Tensor, state: DecoderState) -> torch.Tensor:
         """Teacher-forced logits (B, T, V) for input tokens (B, T) starting with <s>."""
         if self.config.attention:  # input feeding makes each step wait for the last
-            steps = []
-            for t in range(tokens.size(1)):
-                logits, state = self.decode_step(tokens[:, t], state)
-                steps.append(logits)
-            return torch.stack(steps, dim=1)
+            # The characters' share of every step's gates in one product, the rest by step.
+            # unbind, not x[:, t]: indexing's backward would zero a whole (B, T, 4H) per step.
+            x = F.linear(self.drop(self.chars(tokens)), state.cell.chars)  # (B, T, 4H)
+            xs = (x + state.pre.unsqueeze(1)).unbind(1)
+            h, c, feed = state.h[0], state.c[0], state.feed
+            outs = []
+            for x_t in xs:
+                gates = x_t + F.linear(torch.cat([feed, h], dim=1), state.cell.recurrent)
+                h, c = lstm_cell(gates, c)
+                feed = self._attend(self.drop(h), state)
+                outs.append(feed)
+            return self.out(self.drop(torch.stack(outs, dim=1)))
         out, _ = self.decoder(self._inputs(tokens, state.cond), (state.h, state.c))
         return self.out(self.drop(out))
 
@@ -166,14 +227,21 @@ class TenseCVAE(nn.Module):
         self, tokens: torch.Tensor, state: DecoderState
     ) -> tuple[torch.Tensor, DecoderState]:
         """One step: logits (B, V) for the next character after ``tokens`` (B,)."""
-        x = self._inputs(tokens.unsqueeze(1), state.cond)  # (B, 1, In)
         if not self.config.attention:
+            x = self._inputs(tokens.unsqueeze(1), state.cond)  # (B, 1, In)
             out, (h, c) = self.decoder(x, (state.h, state.c))
             return self.out(self.drop(out[:, 0])), replace(state, h=h, c=c)
-        x = torch.cat([x, state.feed.unsqueeze(1)], dim=-1)
-        out, (h, c) = self.decoder(x, (state.h, state.c))
-        feed = self._attend(self.drop(out[:, 0]), state)
-        return self.out(self.drop(feed)), replace(state, h=h, c=c, feed=feed)
+        cell = state.cell
+        if cell.table is None:
+            x = F.linear(self.drop(self.chars(tokens)), cell.chars)
+        else:
+            x = F.embedding(tokens, cell.table)
+        gates = x + state.pre + F.linear(torch.cat([state.feed, state.h[0]], dim=1), cell.recurrent)
+        h, c = lstm_cell(gates, state.c[0])
+        feed = self._attend(self.drop(h), state)
+        return self.out(self.drop(feed)), replace(
+            state, h=h.unsqueeze(0), c=c.unsqueeze(0), feed=feed
+        )
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import torch
 
 from pipeline import decoding
@@ -131,3 +133,27 @@ def test_mmd_tells_the_prior_from_a_shifted_or_shrunk_cloud():
     assert abs(near) < 0.02
     assert mmd(shifted, prior).item() > 10 * max(near, 1e-3)
     assert mmd(shrunk, prior).item() > 10 * max(near, 1e-3)
+
+
+def test_hand_run_attending_step_is_the_lstm_it_takes_its_weights_from():
+    m = _model(attention=True, bidirectional=True, decoder_input_z=True)
+    b = make_batch(PAIRS, m.vocab)
+    post = m.encode(b.src, b.src_len, b.src_tense)
+    state = m.init_decoder(post.mu, b.tgt_tense, post)
+    state = replace(state, feed=torch.randn(3, 16))  # a fed-back output that is not zero
+    _, after = m.decode_step(b.tgt_in[:, 0], state)
+    x = torch.cat([m.chars(b.tgt_in[:, 0]), state.cond, state.feed], dim=-1).unsqueeze(1)
+    _, (h, c) = m.decoder(x, (state.h, state.c))
+    assert torch.allclose(after.h, h, atol=1e-6) and torch.allclose(after.c, c, atol=1e-6)
+
+
+def test_greedy_dropping_finished_rows_matches_decoding_each_row_alone():
+    from pipeline.artifacts import load_pretrained
+    from pipeline.evaluate import convert
+
+    m = load_pretrained()
+    words = ["go", "abandon", "internationalize", "be", "walk", "misunderstand", "sing", "x"]
+    together = convert(m, words, "sp", "pg")  # sorted by length, finished rows dropped
+    alone = [convert(m, [w], "sp", "pg")[0] for w in words]
+    assert together == alone
+    assert len({len(w) for w in together}) > 3  # rows did finish at different steps
