@@ -88,7 +88,8 @@ def beam(
         parent = parent.view(-1)
         history = torch.cat([history[parent], tokens.unsqueeze(1)], dim=1)
         finished = finished[parent] | (tokens == EOS) | (tokens == PAD)
-        state = state.select(parent)
+        # Parents never leave their row's block, so a state may skip per-word constants.
+        state = state.reorder(parent) if hasattr(state, "reorder") else state.select(parent)
         if bool(finished.all()):
             break
     best = scores.argmax(dim=-1) + torch.arange(batch, device=device) * width

@@ -51,6 +51,16 @@ class DecoderState:
             self.cell,
         )
 
+    def reorder(self, index: torch.Tensor) -> DecoderState:
+        """``select`` for an index that only moves rows among copies of one word (beam
+        search's parents): what is fixed per word (z, source, mask) stays where it is."""
+        return replace(
+            self,
+            h=self.h.index_select(1, index),
+            c=self.c.index_select(1, index),
+            feed=None if self.feed is None else self.feed.index_select(0, index),
+        )
+
 
 @dataclass
 class CellWeights:
@@ -215,7 +225,7 @@ class TenseCVAE(nn.Module):
             h, c, feed = state.h[0], state.c[0], state.feed
             outs = []
             for x_t in xs:
-                gates = x_t + F.linear(torch.cat([feed, h], dim=1), state.cell.recurrent)
+                gates = torch.addmm(x_t, torch.cat([feed, h], dim=1), state.cell.recurrent.t())
                 h, c = lstm_cell(gates, c)
                 feed = self._attend(self.drop(h), state)
                 outs.append(feed)
@@ -236,7 +246,10 @@ class TenseCVAE(nn.Module):
             x = F.linear(self.drop(self.chars(tokens)), cell.chars)
         else:
             x = F.embedding(tokens, cell.table)
-        gates = x + state.pre + F.linear(torch.cat([state.feed, state.h[0]], dim=1), cell.recurrent)
+        gates = torch.addmm(
+            state.pre, torch.cat([state.feed, state.h[0]], dim=1), cell.recurrent.t()
+        )
+        gates += x  # in place: addmm keeps no copy of its output for backward
         h, c = lstm_cell(gates, state.c[0])
         feed = self._attend(self.drop(h), state)
         return self.out(self.drop(feed)), replace(
