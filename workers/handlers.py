@@ -7,6 +7,7 @@ rewrites, and never duplicates a row (unique keys and skip-if-present)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
@@ -275,16 +276,25 @@ def convert_job(job: Job, ctx: JobContext) -> dict[str, Any]:
 
     done = transaction(written_lines)
     todo = [r for r in requests if r[0] not in done]
-    for start in range(0, len(todo), BATCH):
-        ctx.check()
-        rows = _convert_batch(model, todo[start : start + BATCH], p.get("method", "greedy"))
-        written = len(done) + start + len(rows)
+    # One batch is written (its own transaction, on a writer thread) while the next is
+    # converted: torch leaves the interpreter free while it computes. A failed write is
+    # raised here before the next one starts; leaving the block waits for the last.
+    with ThreadPoolExecutor(1, thread_name_prefix="tensevae-writer") as writer:
+        pending = None
+        for start in range(0, len(todo), BATCH):
+            ctx.check()
+            rows = _convert_batch(model, todo[start : start + BATCH], p.get("method", "greedy"))
+            written = len(done) + start + len(rows)
 
-        def write(s, rows=rows, written=written):
-            s.execute(insert(Conversion), [{**r, "job_id": job.id} for r in rows])
-            ctx.progress(written / len(requests), f"{written}/{len(requests)} lines", s)
+            def write(s, rows=rows, written=written):
+                s.execute(insert(Conversion), [{**r, "job_id": job.id} for r in rows])
+                ctx.progress(written / len(requests), f"{written}/{len(requests)} lines", s)
 
-        transaction(write)
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(transaction, write)
+        if pending is not None:
+            pending.result()
 
     def refused(s) -> int:
         return s.scalar(
