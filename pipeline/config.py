@@ -55,6 +55,9 @@ class TrainConfig:
     # tense) toward the training verb whose posterior is likeliest at that point. 0: off.
     prior_weight: float = 0.0
     prior_words: int = 32  # prior draws per training step
+    # Tenses each prior draw is decoded in: 1, a random one; 4, all four forms of the verb
+    # from the same z, which trains the consistency across tenses that generation is scored on.
+    prior_tenses: int = 1
     prior_refresh: int = 25  # steps between re-encodings of every training form
     tf_start: float = 1.0  # teacher-forcing ratio at the start
     tf_end: float = 1.0  # ... and at the end
@@ -174,6 +177,10 @@ def validate(cfg: Config) -> None:
         (
             t.prior_weight >= 0 and t.prior_words >= 1 and t.prior_refresh >= 1,
             "train.prior_weight >= 0, prior_words >= 1, prior_refresh >= 1",
+        ),
+        (
+            t.prior_tenses in (1, 4),
+            "train.prior_tenses must be 1 (a random tense) or 4 (all four)",
         ),
         (
             t.select in ("last", "val_exact", "bleu4"),

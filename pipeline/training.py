@@ -177,7 +177,8 @@ class Trainer:
 
     def _prior_loss(self, tf: float) -> torch.Tensor:
         """Reconstruction of the training verb whose posterior is likeliest at each of
-        prior_words draws z ~ N(0, I), decoded from z alone in a random tense."""
+        prior_words draws z ~ N(0, I), decoded from z alone in a random tense, or in all
+        four (prior_tenses 4)."""
         t, m = self.config.train, self.model
         if self._bank is None or self.step - self._bank_step >= t.prior_refresh:
             self._refresh_bank()
@@ -187,7 +188,12 @@ class Trainer:
         # sum over dimensions of (z - mu)^2 / var + log var, for every (draw, form)
         distance = (z * z) @ inv.T - 2 * z @ mu_inv.T + const
         nearest = distance.argmin(1).tolist()
-        tenses = torch.randint(4, (len(nearest),), generator=self.generator).tolist()
+        if t.prior_tenses == 4:
+            z = z.repeat_interleave(4, dim=0)
+            nearest = [e for e in nearest for _ in range(4)]
+            tenses = list(range(4)) * t.prior_words
+        else:
+            tenses = torch.randint(4, (len(nearest),), generator=self.generator).tolist()
         quads = [self.kept[e // 4] for e in nearest]
         pairs = [(q[k], k, q[k], k) for q, k in zip(quads, tenses, strict=True)]
         b = make_batch(pairs, m.vocab).to(self.device)

@@ -159,6 +159,25 @@ def test_prior_draws_are_decoded_toward_the_likeliest_training_verb(tiny_config)
     assert result.history[0]["prior_recon"] > 0
 
 
+def test_prior_draws_in_all_four_tenses_decode_one_verb_per_draw(tiny_config, monkeypatch):
+    from pipeline import training
+
+    cfg = tiny_config.replace(train={"prior_weight": 1.0, "prior_words": 5, "prior_tenses": 4})
+    trainer = training.Trainer(cfg, pipeline.data.load_train(), torch.device("cpu"))
+    seen, real = [], training.make_batch
+    monkeypatch.setattr(training, "make_batch", lambda p, v: seen.append(p) or real(p, v))
+    assert trainer._prior_loss(1.0) > 0
+    (pairs,) = seen
+    assert len(pairs) == 20
+    lines = set(trainer.kept)
+    for i in range(0, 20, 4):
+        draw = pairs[i : i + 4]
+        assert [p[1] for p in draw] == [0, 1, 2, 3] and [p[3] for p in draw] == [0, 1, 2, 3]
+        assert tuple(p[0] for p in draw) in lines  # the four forms of one training line
+    with pytest.raises(pipeline.ConfigError, match="prior_tenses"):
+        tiny_config.replace(train={"prior_tenses": 2})
+
+
 def test_the_mmd_penalty_and_free_nats_train_and_are_reported(tiny_config):
     cfg = tiny_config.replace(
         train={"free_bits": 0.0, "free_nats": 2.0, "mmd_weight": 10.0, "eval_gaussian_draws": 0}
