@@ -44,12 +44,12 @@ def _run(step, state, batch, max_length, device, pick) -> torch.Tensor:
     tokens = torch.full((batch,), SOS, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     compact = hasattr(state, "select")
-    written = 0
-    for i in range(max_length):
+    written = 0  # steps taken
+    while written < max_length:
         logits, state = step(tokens, state)
         tokens = pick(logits).masked_fill(done, PAD)
-        out[rows, i] = tokens
-        written = i + 1
+        out[rows, written] = tokens
+        written += 1
         done |= tokens == EOS
         finished = int(done.sum())
         if finished == done.numel():

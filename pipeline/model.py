@@ -202,13 +202,14 @@ class TenseCVAE(nn.Module):
         outer products, about three times slower on CPU. Without gradients, batched matrix
         products: they need no (B, S, E) intermediate."""
         memory, key = state.memory, self.attn_key(out)
-        if torch.is_grad_enabled():
+        broadcast = torch.is_grad_enabled()
+        if broadcast:
             scores = (memory * key.unsqueeze(1)).sum(-1)
         else:
             scores = torch.bmm(memory, key.unsqueeze(2)).squeeze(2)
         scores = scores.masked_fill(~state.mask, float("-inf"))
         weights = torch.softmax(scores, dim=-1)
-        if torch.is_grad_enabled():
+        if broadcast:
             context = (weights.unsqueeze(2) * memory).sum(1)
         else:
             context = torch.bmm(weights.unsqueeze(1), memory).squeeze(1)
@@ -225,9 +226,7 @@ class TenseCVAE(nn.Module):
             h, c, feed = state.h[0], state.c[0], state.feed
             outs = []
             for x_t in xs:
-                gates = torch.addmm(x_t, torch.cat([feed, h], dim=1), state.cell.recurrent.t())
-                h, c = lstm_cell(gates, c)
-                feed = self._attend(self.drop(h), state)
+                h, c, feed = self._advance(x_t, None, h, c, feed, state)
                 outs.append(feed)
             return self.out(self.drop(torch.stack(outs, dim=1)))
         out, _ = self.decoder(self._inputs(tokens, state.cond), (state.h, state.c))
@@ -246,15 +245,19 @@ class TenseCVAE(nn.Module):
             x = F.linear(self.drop(self.chars(tokens)), cell.chars)
         else:
             x = F.embedding(tokens, cell.table)
-        gates = torch.addmm(
-            state.pre, torch.cat([state.feed, state.h[0]], dim=1), cell.recurrent.t()
-        )
-        gates += x  # in place: addmm keeps no copy of its output for backward
-        h, c = lstm_cell(gates, state.c[0])
-        feed = self._attend(self.drop(h), state)
+        h, c, feed = self._advance(state.pre, x, state.h[0], state.c[0], state.feed, state)
         return self.out(self.drop(feed)), replace(
             state, h=h.unsqueeze(0), c=c.unsqueeze(0), feed=feed
         )
+
+    def _advance(self, base, extra, h, c, feed, state: DecoderState):
+        """One attending step from the gates' fixed share ``base`` (plus ``extra`` where it
+        comes separately): h, c and the attentional output that is fed to the next step."""
+        gates = torch.addmm(base, torch.cat([feed, h], dim=1), state.cell.recurrent.t())
+        if extra is not None:
+            gates += extra  # in place: addmm keeps no copy of its output for backward
+        h, c = lstm_cell(gates, c)
+        return h, c, self._attend(self.drop(h), state)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
