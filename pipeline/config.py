@@ -25,6 +25,17 @@ class ModelConfig:
     # posterior: the attending path must then spell from the source characters (and so
     # generalise to new verbs), while the path without attention must spell from z alone.
     context_prior_z: bool = False
+    # With attention: each step may also copy a source character, with the attention's
+    # weights, mixed with the written distribution by a learned gate (a pointer-generator).
+    # Words decoded without context never copy.
+    copy: bool = False
+    # Slots of a learned memory the decoder reads z through (0: off). Each slot has a key
+    # in z's space and a value; z reads the values weighted by a softmax of its (scaled)
+    # squared distances to the keys, so nearby z read one slot and the space of z is cut
+    # into regions, each decoded as one verb. The read joins z and the tense as the
+    # decoder's condition.
+    latent_memory: int = 0
+    latent_memory_size: int = 64  # size of a slot's value
     max_length: int = 30  # most characters the decoder writes for one word
     dropout: float = 0.0  # on character embeddings and LSTM outputs, in training only
 
@@ -155,6 +166,10 @@ def validate(cfg: Config) -> None:
         (m.char_embedding > 0, "model.char_embedding must be positive"),
         (0.0 <= m.context_dropout <= 1.0, "model.context_dropout must lie in [0, 1]"),
         (m.max_length >= 2, "model.max_length must be at least 2"),
+        (
+            m.latent_memory >= 0 and m.latent_memory_size >= 1,
+            "model.latent_memory must be >= 0 and model.latent_memory_size >= 1",
+        ),
         (0.0 <= m.dropout < 1.0, "model.dropout must lie in [0, 1)"),
         (t.epochs >= 1 and t.batch_size >= 1, "train.epochs and train.batch_size must be >= 1"),
         (t.pairs in ("same", "cross", "all"), "train.pairs must be same, cross or all"),

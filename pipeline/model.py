@@ -18,6 +18,7 @@ class Posterior:
     logvar: torch.Tensor  # (B, Z)
     memory: torch.Tensor  # (B, S, He) encoder states, for attention
     mask: torch.Tensor  # (B, S) True where a source character stands
+    src: torch.Tensor | None = None  # (B, S) the source's character ids, for copying
 
 
 @dataclass
@@ -34,6 +35,7 @@ class DecoderState:
     feed: torch.Tensor | None = None  # (B, H) last attentional output, fed to the next step
     pre: torch.Tensor | None = None  # (B, 4H) the gates' share from z, tense and biases
     cell: CellWeights | None = None  # the same for every row, so select leaves it alone
+    src: torch.Tensor | None = None  # (B, S) source ids where the model copies
 
     def select(self, index: torch.Tensor) -> DecoderState:
         def pick(t, dim=0):
@@ -49,6 +51,7 @@ class DecoderState:
             pick(self.feed),
             pick(self.pre),
             self.cell,
+            pick(self.src),
         )
 
     def reorder(self, index: torch.Tensor) -> DecoderState:
@@ -96,15 +99,24 @@ class TenseCVAE(nn.Module):
         self.encoder = nn.LSTM(c.char_embedding, H, batch_first=True, bidirectional=c.bidirectional)
         self.to_mu = nn.Linear(enc_out, Z)
         self.to_logvar = nn.Linear(enc_out, Z)
-        # The decoder starts from z joined with the target tense.
-        self.dec_init = nn.Linear(Z + E, 2 * H)
+        cond = Z + E
+        if c.latent_memory:
+            M, D = c.latent_memory, c.latent_memory_size
+            self.memory_keys = nn.Parameter(torch.randn(M, Z))
+            self.memory_values = nn.Parameter(torch.randn(M, D) * 0.1)
+            self.memory_log_scale = nn.Parameter(torch.tensor(1.0))
+            cond += D
+        # The decoder starts from z joined with the target tense (and z's memory read).
+        self.dec_init = nn.Linear(cond, 2 * H)
         # With attention the decoder is fed its previous attentional output (input feeding),
         # so it knows where in the source it has read up to.
-        dec_in = c.char_embedding + (Z + E if c.decoder_input_z else 0) + (H if c.attention else 0)
+        dec_in = c.char_embedding + (cond if c.decoder_input_z else 0) + (H if c.attention else 0)
         self.decoder = nn.LSTM(dec_in, H, batch_first=True)
         if c.attention:
             self.attn_key = nn.Linear(H, enc_out, bias=False)
             self.combine = nn.Linear(H + enc_out + 1, H)
+            if c.copy:
+                self.copy_gate = nn.Linear(H, 1)
         self.out = nn.Linear(H, vocab.size)
         self.drop = nn.Dropout(c.dropout)
 
@@ -128,7 +140,7 @@ class TenseCVAE(nn.Module):
         )
         memory = self.drop(memory)
         final = h.transpose(0, 1).reshape(B, -1)  # (B, H*D)
-        return Posterior(self.to_mu(final), self.to_logvar(final), memory, src != PAD)
+        return Posterior(self.to_mu(final), self.to_logvar(final), memory, src != PAD, src)
 
     @staticmethod
     def reparameterize(mu, logvar, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -144,9 +156,12 @@ class TenseCVAE(nn.Module):
     ) -> DecoderState:
         """The decoder's state before its first step. Without a posterior (generation from
         noise) or where use_context is 0, the decoder sees z and the tense alone."""
-        cond = torch.cat([z, self.tenses(tgt_tense)], dim=-1)  # (B, Z+E)
+        parts = [z, self.tenses(tgt_tense)]
+        if self.config.latent_memory:
+            parts.append(self.read_memory(z))
+        cond = torch.cat(parts, dim=-1)  # (B, Z+E[+D])
         h0, c0 = torch.tanh(self.dec_init(cond)).chunk(2, dim=-1)
-        memory = mask = flag = feed = None
+        memory = mask = flag = feed = src = None
         if self.config.attention:
             feed = z.new_zeros(z.size(0), self.config.hidden_size)
             B = z.size(0)
@@ -154,8 +169,9 @@ class TenseCVAE(nn.Module):
                 memory = z.new_zeros(B, 1, self.attn_key.out_features)
                 mask = torch.ones(B, 1, dtype=torch.bool, device=z.device)
                 flag = z.new_zeros(B, 1)
+                src = torch.full((B, 1), PAD, dtype=torch.long, device=z.device)
             else:
-                memory, mask = posterior.memory, posterior.mask
+                memory, mask, src = posterior.memory, posterior.mask, posterior.src
                 flag = (
                     z.new_ones(B, 1) if use_context is None else use_context.to(z.dtype).view(B, 1)
                 )
@@ -172,7 +188,15 @@ class TenseCVAE(nn.Module):
             feed,
             pre,
             cell,
+            src if self.config.copy else None,
         )
+
+    def read_memory(self, z: torch.Tensor) -> torch.Tensor:
+        """The memory's values (B, D) weighted by softmax(-scale * |z - key|^2)."""
+        keys = self.memory_keys
+        d2 = (z * z).sum(1, keepdim=True) - 2 * z @ keys.t() + (keys * keys).sum(1)
+        weights = torch.softmax(-self.memory_log_scale.exp() * d2, dim=-1)
+        return weights @ self.memory_values
 
     def _cell_weights(self, cond: torch.Tensor) -> tuple[torch.Tensor, CellWeights]:
         """The attending decoder runs its LSTM step by hand from nn.LSTM's own parameters:
@@ -195,8 +219,11 @@ class TenseCVAE(nn.Module):
             x = torch.cat([x, cond.unsqueeze(1).expand(-1, x.size(1), -1)], dim=-1)
         return x
 
-    def _attend(self, out: torch.Tensor, state: DecoderState) -> torch.Tensor:
-        """The attentional output (B, H) for one decoder output (B, H); the context is
+    def _attend(
+        self, out: torch.Tensor, state: DecoderState
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attentional output (B, H) for one decoder output (B, H), and the attention's
+        weights over the source (B, S); the context is
         zeroed, and flagged so, where the decoder may not attend. In training, broadcast
         products: with one query per row the batched matrix products' backward is made of
         outer products, about three times slower on CPU. Without gradients, batched matrix
@@ -214,7 +241,8 @@ class TenseCVAE(nn.Module):
         else:
             context = torch.bmm(weights.unsqueeze(1), memory).squeeze(1)
         flag = state.use_context  # (B, 1)
-        return torch.tanh(self.combine(torch.cat([out, context * flag, flag], dim=-1)))
+        attended = torch.tanh(self.combine(torch.cat([out, context * flag, flag], dim=-1)))
+        return attended, weights
 
     def decode(self, tokens: torch.Tensor, state: DecoderState) -> torch.Tensor:
         """Teacher-forced logits (B, T, V) for input tokens (B, T) starting with <s>."""
@@ -224,11 +252,14 @@ class TenseCVAE(nn.Module):
             x = F.linear(self.drop(self.chars(tokens)), state.cell.chars)  # (B, T, 4H)
             xs = (x + state.pre.unsqueeze(1)).unbind(1)
             h, c, feed = state.h[0], state.c[0], state.feed
-            outs = []
+            outs, weights = [], []
             for x_t in xs:
-                h, c, feed = self._advance(x_t, None, h, c, feed, state)
+                h, c, feed, w = self._advance(x_t, None, h, c, feed, state)
                 outs.append(feed)
-            return self.out(self.drop(torch.stack(outs, dim=1)))
+                weights.append(w)
+            stacked = torch.stack(outs, dim=1)
+            copy = None if state.src is None else torch.stack(weights, dim=1)
+            return self._output(stacked, copy, state)
         out, _ = self.decoder(self._inputs(tokens, state.cond), (state.h, state.c))
         return self.out(self.drop(out))
 
@@ -245,8 +276,8 @@ class TenseCVAE(nn.Module):
             x = F.linear(self.drop(self.chars(tokens)), cell.chars)
         else:
             x = F.embedding(tokens, cell.table)
-        h, c, feed = self._advance(state.pre, x, state.h[0], state.c[0], state.feed, state)
-        return self.out(self.drop(feed)), replace(
+        h, c, feed, w = self._advance(state.pre, x, state.h[0], state.c[0], state.feed, state)
+        return self._output(feed, w, state), replace(
             state, h=h.unsqueeze(0), c=c.unsqueeze(0), feed=feed
         )
 
@@ -257,7 +288,21 @@ class TenseCVAE(nn.Module):
         if extra is not None:
             gates += extra  # in place: addmm keeps no copy of its output for backward
         h, c = lstm_cell(gates, c)
-        return h, c, self._attend(self.drop(h), state)
+        return h, c, *self._attend(self.drop(h), state)
+
+    def _output(self, feed: torch.Tensor, weights, state: DecoderState) -> torch.Tensor:
+        """Scores over the vocabulary from attentional outputs (B, [T,] H). Where the model
+        copies, log-probabilities of the gate's mix of writing and copying: the attention's
+        weights over the source (B, [T,] S) are added onto the source characters' ids."""
+        logits = self.out(self.drop(feed))
+        if state.src is None:
+            return logits
+        flag = state.use_context if feed.dim() == 2 else state.use_context.unsqueeze(1)
+        gate = torch.sigmoid(self.copy_gate(feed)) * flag  # no copying without context
+        src = state.src if feed.dim() == 2 else state.src.unsqueeze(1).expand_as(weights)
+        mix = torch.softmax(logits, dim=-1) * (1 - gate)
+        mix = mix.scatter_add(-1, src, weights * gate)
+        return torch.log(mix.clamp_min(1e-12))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

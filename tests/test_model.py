@@ -18,7 +18,12 @@ def _model(**kw):
 
 
 def test_shapes_and_losses():
-    for kw in ({}, {"attention": True, "bidirectional": True, "decoder_input_z": True}):
+    for kw in (
+        {},
+        {"attention": True, "bidirectional": True, "decoder_input_z": True},
+        {"attention": True, "decoder_input_z": True, "latent_memory": 5, "latent_memory_size": 6},
+        {"attention": True, "bidirectional": True, "copy": True},
+    ):
         m = _model(**kw)
         b = make_batch(PAIRS, m.vocab)
         post = m.encode(b.src, b.src_len, b.src_tense)
@@ -54,7 +59,12 @@ def test_encoder_ignores_padding():
 
 
 def test_teacher_forced_and_step_by_step_decoding_agree():
-    for kw in ({}, {"attention": True, "decoder_input_z": True}):
+    for kw in (
+        {},
+        {"attention": True, "decoder_input_z": True},
+        {"attention": True, "decoder_input_z": True, "latent_memory": 5},
+        {"attention": True, "decoder_input_z": True, "copy": True},
+    ):
         m = _model(**kw)
         b = make_batch(PAIRS, m.vocab)
         post = m.encode(b.src, b.src_len, b.src_tense)
@@ -65,6 +75,45 @@ def test_teacher_forced_and_step_by_step_decoding_agree():
             logits, state = m.decode_step(b.tgt_in[:, t], state)
             steps.append(logits)
         assert torch.allclose(full, torch.stack(steps, 1), atol=1e-5)
+
+
+def test_latent_memory_reads_the_slot_whose_key_z_sits_on():
+    m = _model(attention=True, latent_memory=7, latent_memory_size=3)
+    with torch.no_grad():
+        m.memory_log_scale.fill_(5.0)  # sharp: e^5 times squared distance
+        keys = m.memory_keys
+        read = m.read_memory(keys[[2, 5]])
+        assert torch.allclose(read, m.memory_values[[2, 5]], atol=1e-4)
+        # halfway between two keys (with the rest far away) reads their mean
+        far = torch.full_like(keys, 50.0)
+        far[0], far[1] = torch.zeros(4), torch.ones(4)
+        keys.copy_(far)
+        half = m.read_memory(torch.full((1, 4), 0.5))[0]
+        assert torch.allclose(half, m.memory_values[:2].mean(0), atol=1e-4)
+    # the read joins z and the tense in the decoder's condition
+    state = m.init_decoder(torch.zeros(2, 4), torch.tensor([0, 3]))
+    assert state.cond.shape == (2, 4 + 3 + 3)
+
+
+def test_copying_puts_the_gates_share_on_the_source_characters():
+    m = _model(attention=True, copy=True)
+    b = make_batch(PAIRS, m.vocab)
+    post = m.encode(b.src, b.src_len, b.src_tense)
+    with torch.no_grad():
+        m.copy_gate.bias.fill_(30.0)  # copy, always
+        logp = m.decode(b.tgt_in, m.init_decoder(post.mu, b.tgt_tense, post))
+        probs = logp.exp()
+        assert torch.allclose(probs.sum(-1), torch.ones(probs.shape[:2]), atol=1e-4)
+        for row, (word, *_rest) in enumerate(PAIRS):
+            ids = sorted(set(m.vocab.encode(word)))
+            assert probs[row][:, ids].sum(-1).min() > 0.999
+        # without context nothing is copied, whatever the gate says
+        shut = m.init_decoder(post.mu, b.tgt_tense, post, torch.zeros(3))
+        never_copying = m.decode(b.tgt_in, shut)
+        m.copy_gate.bias.fill_(-30.0)
+        assert torch.allclose(never_copying, m.decode(b.tgt_in, shut), atol=1e-5)
+        noise = m.decode(b.tgt_in, m.init_decoder(post.mu, b.tgt_tense))
+        assert torch.allclose(noise.exp().sum(-1), torch.ones(probs.shape[:2]), atol=1e-4)
 
 
 class FakeModel:
@@ -157,3 +206,19 @@ def test_greedy_dropping_finished_rows_matches_decoding_each_row_alone():
     alone = [convert(m, [w], "sp", "pg")[0] for w in words]
     assert together == alone
     assert len({len(w) for w in together}) > 3  # rows did finish at different steps
+
+
+def test_a_model_with_a_latent_memory_saves_and_loads_whole():
+    import pytest
+
+    import pipeline
+    from pipeline.config import load_config
+
+    m = _model(attention=True, decoder_input_z=True, latent_memory=9, latent_memory_size=5)
+    back = pipeline.from_bytes(pipeline.to_bytes(m))
+    assert back.config.latent_memory == 9
+    assert torch.equal(back.memory_keys, m.memory_keys)
+    words = ["walk", "sing", "abandon"]
+    assert pipeline.convert(back, words, "sp", "p") == pipeline.convert(m, words, "sp", "p")
+    with pytest.raises(pipeline.ConfigError, match="latent_memory"):
+        load_config("tiny", ["model.latent_memory=-1"])
