@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.nn import functional as F
 
 from . import artifacts
 from .config import Config
@@ -26,9 +27,9 @@ from .data import (
 )
 from .errors import ConfigError, TrainingDiverged
 from .evaluate import bleu_on, exact_by_direction, gaussian
-from .model import TenseCVAE, kl_divergence, mmd, reconstruction_loss
+from .model import Posterior, TenseCVAE, kl_divergence, mmd, reconstruction_loss
 from .schedules import kl_weight, teacher_forcing
-from .vocab import UNK, Vocab
+from .vocab import PAD, UNK, Vocab
 
 
 @dataclass
@@ -65,6 +66,13 @@ def make_optimizer(model: TenseCVAE, config: Config) -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
     return cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+
+def _stack_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Rows of a (N, T) over rows of b (M, U), padded with PAD to max(T, U) columns."""
+    width = max(a.size(1), b.size(1))
+    a = F.pad(a, (0, width - a.size(1)), value=PAD)
+    return torch.cat([a, F.pad(b, (0, width - b.size(1)), value=PAD)])
 
 
 class Trainer:
@@ -126,8 +134,8 @@ class Trainer:
         drop[:, 0] = False  # the start token stays
         return tokens.masked_fill(drop & (tokens > UNK), UNK)
 
-    def _logits(self, b: Batch, state, tf: float) -> torch.Tensor:
-        inputs = self._drop_words(b.tgt_in)
+    def _logits(self, tgt_in: torch.Tensor, state, tf: float) -> torch.Tensor:
+        inputs = self._drop_words(tgt_in)
         if tf >= 1.0:
             return self.model.decode(inputs, state)
         # Scheduled sampling: per word and step, feed the true character with probability tf.
@@ -175,10 +183,10 @@ class Trainer:
         self._bank = (inv, mu * inv, (mu * mu * inv).sum(1) + logvar.sum(1))
         self._bank_step = self.step
 
-    def _prior_loss(self, tf: float) -> torch.Tensor:
-        """Reconstruction of the training verb whose posterior is likeliest at each of
-        prior_words draws z ~ N(0, I), decoded from z alone in a random tense, or in all
-        four (prior_tenses 4)."""
+    def _prior_draws(self) -> tuple[torch.Tensor, Batch]:
+        """prior_words draws z ~ N(0, I) and the batch that teaches each one the training
+        verb whose posterior is likeliest there, decoded from z alone in a random tense, or
+        in all four (prior_tenses 4)."""
         t, m = self.config.train, self.model
         if self._bank is None or self.step - self._bank_step >= t.prior_refresh:
             self._refresh_bank()
@@ -196,9 +204,30 @@ class Trainer:
             tenses = torch.randint(4, (len(nearest),), generator=self.generator).tolist()
         quads = [self.kept[e // 4] for e in nearest]
         pairs = [(q[k], k, q[k], k) for q, k in zip(quads, tenses, strict=True)]
-        b = make_batch(pairs, m.vocab).to(self.device)
-        state = m.init_decoder(z, b.tgt_tense)
-        return reconstruction_loss(self._logits(b, state, tf), b.tgt_out).mean()
+        return z, make_batch(pairs, m.vocab).to(self.device)
+
+    def _join_prior(self, z, b: Batch, post: Posterior, use_context):
+        """The word batch with the prior's draws appended as more rows, so that one decode
+        serves both: a draw's row has nothing to attend to (context flag 0, one blank
+        memory position) and, like a word without context, is decoded from z alone."""
+        zp, bp = self._prior_draws()
+        n, P = z.size(0), zp.size(0)
+        z = torch.cat([z, zp])
+        tense = torch.cat([b.tgt_tense, bp.tgt_tense])
+        tgt_in, tgt_out = _stack_padded(b.tgt_in, bp.tgt_in), _stack_padded(b.tgt_out, bp.tgt_out)
+        if not self.model.config.attention:
+            return self.model.init_decoder(z, tense), tgt_in, tgt_out, n
+        memory = torch.cat([post.memory, post.memory.new_zeros(P, *post.memory.shape[1:])])
+        blank = torch.zeros(P, post.mask.size(1), dtype=torch.bool, device=z.device)
+        blank[:, 0] = True  # one position, so the softmax over it is defined
+        mask = torch.cat([post.mask, blank])
+        flag = use_context if use_context is not None else z.new_ones(n, dtype=torch.bool)
+        flag = torch.cat([flag, flag.new_zeros(P)])
+        src = None
+        if post.src is not None:
+            src = torch.cat([post.src, post.src.new_full((P, post.src.size(1)), PAD)])
+        joined = Posterior(post.mu, post.logvar, memory, mask, src)
+        return self.model.init_decoder(z, tense, joined, flag), tgt_in, tgt_out, n
 
     def train_step(self, b: Batch) -> dict[str, float]:
         t, m = self.config.train, self.model
@@ -224,17 +253,21 @@ class Trainer:
                 noise = torch.randn(z.shape, generator=self.generator).to(z.device)
                 z = torch.where(use_context.unsqueeze(1), noise, z)
                 posterior_used = ~use_context
-        state = m.init_decoder(z, b.tgt_tense, post, use_context)
-        recon = reconstruction_loss(self._logits(b, state, tf), b.tgt_out).mean()
+        extra = {}
+        if t.prior_weight > 0:
+            state, tgt_in, tgt_out, n = self._join_prior(z, b, post, use_context)
+            per_word = reconstruction_loss(self._logits(tgt_in, state, tf), tgt_out)
+            recon, prior = per_word[:n].mean(), per_word[n:].mean()
+            extra["prior_recon"] = prior.item()
+        else:
+            state = m.init_decoder(z, b.tgt_tense, post, use_context)
+            recon = reconstruction_loss(self._logits(b.tgt_in, state, tf), b.tgt_out).mean()
         kl_dims, share = self._kl(post.mu, post.logvar, posterior_used)
         kl_sum = kl_dims.clamp(min=t.free_bits).sum() if t.free_bits > 0 else kl_dims.sum()
         kl_term = share * (kl_sum.clamp(min=t.free_nats) if t.free_nats > 0 else kl_sum)
         loss = recon + beta * kl_term
-        extra = {}
         if t.prior_weight > 0:
-            prior = self._prior_loss(tf)
             loss = loss + t.prior_weight * prior
-            extra["prior_recon"] = prior.item()
         if t.mmd_weight > 0:
             used = posterior_z if posterior_used is None else posterior_z[posterior_used]
             if used.size(0) >= 2:

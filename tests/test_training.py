@@ -166,7 +166,9 @@ def test_prior_draws_in_all_four_tenses_decode_one_verb_per_draw(tiny_config, mo
     trainer = training.Trainer(cfg, pipeline.data.load_train(), torch.device("cpu"))
     seen, real = [], training.make_batch
     monkeypatch.setattr(training, "make_batch", lambda p, v: seen.append(p) or real(p, v))
-    assert trainer._prior_loss(1.0) > 0
+    z, b = trainer._prior_draws()
+    assert z.shape == (20, cfg.model.latent_size) and b.tgt_in.size(0) == 20
+    assert torch.equal(z[0], z[3]) and not torch.equal(z[3], z[4])  # one z per four tenses
     (pairs,) = seen
     assert len(pairs) == 20
     lines = set(trainer.kept)
@@ -176,6 +178,38 @@ def test_prior_draws_in_all_four_tenses_decode_one_verb_per_draw(tiny_config, mo
         assert tuple(p[0] for p in draw) in lines  # the four forms of one training line
     with pytest.raises(pipeline.ConfigError, match="prior_tenses"):
         tiny_config.replace(train={"prior_tenses": 2})
+
+
+def test_prior_draws_joined_to_the_batch_decode_as_they_would_alone(tiny_config):
+    """One decode serves the words and the prior's draws: each row's loss is what it would
+    be decoded on its own (no dropout, so the comparison is exact up to float sums)."""
+    from pipeline import training
+    from pipeline.model import reconstruction_loss
+
+    cfg = tiny_config.replace(train={"prior_weight": 1.0, "prior_words": 6, "prior_tenses": 4})
+    trainer = training.Trainer(cfg, pipeline.data.load_train(), torch.device("cpu"))
+    m = trainer.model
+    b = next(training.batches(trainer.pairs, m.vocab, 16, torch.Generator().manual_seed(1)))
+    trainer._refresh_bank()  # (it leaves the model in training mode)
+    m.eval()
+    with torch.no_grad():
+        post = m.encode(b.src, b.src_len, b.src_tense)
+        z = post.mu
+        use = torch.arange(16) % 2 == 0
+        trainer.generator.manual_seed(5)
+        state, tgt_in, tgt_out, n = trainer._join_prior(z, b, post, use)
+        joined = reconstruction_loss(m.decode(tgt_in, state), tgt_out)
+        trainer.generator.manual_seed(5)
+        zp, bp = trainer._prior_draws()
+        alone_words = reconstruction_loss(
+            m.decode(b.tgt_in, m.init_decoder(z, b.tgt_tense, post, use)), b.tgt_out
+        )
+        alone_prior = reconstruction_loss(
+            m.decode(bp.tgt_in, m.init_decoder(zp, bp.tgt_tense)), bp.tgt_out
+        )
+    assert n == 16 and joined.shape == (16 + 24,)
+    assert torch.allclose(joined[:n], alone_words, atol=1e-4)
+    assert torch.allclose(joined[n:], alone_prior, atol=1e-4)
 
 
 def test_the_mmd_penalty_and_free_nats_train_and_are_reported(tiny_config):
