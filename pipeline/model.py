@@ -249,17 +249,38 @@ class TenseCVAE(nn.Module):
         if self.config.attention:  # input feeding makes each step wait for the last
             # The characters' share of every step's gates in one product, the rest by step.
             # unbind, not x[:, t]: indexing's backward would zero a whole (B, T, 4H) per step.
+            # Rows run longest first and leave the batch when their word ends, so a batch
+            # of mixed lengths pays for each word's own steps, not the longest's.
+            B, T = tokens.shape
+            lengths = (tokens != PAD).sum(1)
+            order = inverse = None
+            if int(lengths.min()) < T:
+                order = torch.argsort(lengths, descending=True, stable=True)
+                inverse = torch.empty_like(order)
+                inverse[order] = torch.arange(B, device=order.device)
+                tokens, lengths, state = tokens[order], lengths[order], state.select(order)
+            live = (lengths.unsqueeze(0) > torch.arange(T, device=lengths.device).unsqueeze(1))
+            counts = live.sum(1).tolist()  # rows still writing at each step, non-increasing
             x = F.linear(self.drop(self.chars(tokens)), state.cell.chars)  # (B, T, 4H)
             xs = (x + state.pre.unsqueeze(1)).unbind(1)
-            h, c, feed = state.h[0], state.c[0], state.feed
+            h, c, feed, step_state = state.h[0], state.c[0], state.feed, state
             outs, weights = [], []
-            for x_t in xs:
-                h, c, feed, w = self._advance(x_t, None, h, c, feed, state)
-                outs.append(feed)
-                weights.append(w)
+            for x_t, n in zip(xs, counts, strict=True):
+                if n < h.size(0):
+                    h, c, feed = h[:n], c[:n], feed[:n]
+                    step_state = replace(
+                        state,
+                        memory=state.memory[:n],
+                        mask=state.mask[:n],
+                        use_context=state.use_context[:n],
+                    )
+                h, c, feed, w = self._advance(x_t[:n], None, h, c, feed, step_state)
+                outs.append(F.pad(feed, (0, 0, 0, B - n)))
+                weights.append(F.pad(w, (0, 0, 0, B - n)))
             stacked = torch.stack(outs, dim=1)
             copy = None if state.src is None else torch.stack(weights, dim=1)
-            return self._output(stacked, copy, state)
+            out = self._output(stacked, copy, state)
+            return out if inverse is None else out[inverse]
         out, _ = self.decoder(self._inputs(tokens, state.cond), (state.h, state.c))
         return self.out(self.drop(out))
 
