@@ -69,7 +69,10 @@ class TrainConfig:
     # Tenses each prior draw is decoded in: 1, a random one; 4, all four forms of the verb
     # from the same z, which trains the consistency across tenses that generation is scored on.
     prior_tenses: int = 1
-    prior_refresh: int = 25  # steps between re-encodings of every training form
+    # Steps between re-encodings of every training form, whose posteriors the prior's draws
+    # are scored against (each step also updates the forms it encodes, and every epoch
+    # starts from a full re-encoding).
+    prior_refresh: int = 25
     tf_start: float = 1.0  # teacher-forcing ratio at the start
     tf_end: float = 1.0  # ... and at the end
     tf_shape: str = "linear"  # constant, linear, cosine or step (halfway)

@@ -86,6 +86,11 @@ class Trainer:
         self.pairs = make_pairs(self.kept, t.pairs)
         self._bank: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._bank_step = 0
+        # a form's row in the bank: line * 4 + tense (the first line, for a repeated form)
+        self._bank_rows: dict[tuple[str, int], int] = {}
+        for i, q in enumerate(self.kept):
+            for k, w in enumerate(q):
+                self._bank_rows.setdefault((w, k), 4 * i + k)
         torch.manual_seed(t.seed)  # weight initialisation
         self.model = TenseCVAE(config.model, Vocab()).to(device)
         self.optimizer = make_optimizer(self.model, config)
@@ -178,10 +183,31 @@ class Trainer:
                 mus.append(post.mu)
                 logvars.append(post.logvar)
         m.train()
-        mu, logvar = torch.cat(mus), torch.cat(logvars)
-        inv = torch.exp(-logvar)
-        self._bank = (inv, mu * inv, (mu * mu * inv).sum(1) + logvar.sum(1))
+        self._bank = self._bank_terms(torch.cat(mus), torch.cat(logvars))
         self._bank_step = self.step
+
+    @staticmethod
+    def _bank_terms(mu, logvar):
+        inv = torch.exp(-logvar)
+        return inv, mu * inv, (mu * mu * inv).sum(1) + logvar.sum(1)
+
+    def _update_bank(self, b: Batch, mu: torch.Tensor, logvar: torch.Tensor) -> None:
+        """Every step encodes a batch of training forms anyway: their posteriors replace
+        theirs in the bank, so it stays about as fresh as full re-encodings would keep it
+        (each form is a source four times an epoch) without their cost."""
+        vocab, rows, keep = self.model.vocab, [], []
+        for i, (ids, tense) in enumerate(zip(b.src.tolist(), b.src_tense.tolist(), strict=True)):
+            row = self._bank_rows.get((vocab.decode(ids), tense))
+            if row is not None:
+                rows.append(row)
+                keep.append(i)
+        if not rows:
+            return
+        index = torch.tensor(rows, device=mu.device)
+        keep_t = torch.tensor(keep, device=mu.device)
+        fresh = self._bank_terms(mu.detach()[keep_t], logvar.detach()[keep_t])
+        for table, values in zip(self._bank, fresh, strict=True):
+            table[index] = values
 
     def _prior_draws(self) -> tuple[torch.Tensor, Batch]:
         """prior_words draws z ~ N(0, I) and the batch that teaches each one the training
@@ -244,6 +270,8 @@ class Trainer:
             self.step, self.total_steps, start=t.tf_start, end=t.tf_end, shape=t.tf_shape
         )
         post = m.encode(b.src, b.src_len, b.src_tense)
+        if t.prior_weight > 0 and self._bank is not None:
+            self._update_bank(b, post.mu, post.logvar)
         z = posterior_z = m.reparameterize(post.mu, post.logvar, self.generator)
         use_context = posterior_used = None
         if m.config.attention:

@@ -212,6 +212,29 @@ def test_prior_draws_joined_to_the_batch_decode_as_they_would_alone(tiny_config)
     assert torch.allclose(joined[n:], alone_prior, atol=1e-4)
 
 
+def test_each_step_refreshes_the_bank_rows_of_the_forms_it_encoded(tiny_config):
+    from pipeline import training
+
+    cfg = tiny_config.replace(train={"prior_weight": 1.0})
+    trainer = training.Trainer(cfg, pipeline.data.load_train(), torch.device("cpu"))
+    trainer._refresh_bank()
+    before = [t.clone() for t in trainer._bank]
+    b = next(training.batches(trainer.pairs, trainer.model.vocab, 8, torch.Generator()))
+    mu, logvar = torch.randn(8, 8), torch.randn(8, 8)  # stand-ins for the batch's posterior
+    trainer._update_bank(b, mu, logvar)
+    words = [trainer.model.vocab.decode(r) for r in b.src.tolist()]
+    rows = [trainer._bank_rows[(w, k)] for w, k in zip(words, b.src_tense.tolist())]
+    assert all(trainer.kept[r // 4][r % 4] == w for r, w in zip(rows, words))
+    once = [i for i, r in enumerate(rows) if rows.count(r) == 1]  # a repeat keeps one of its
+    assert once
+    fresh = trainer._bank_terms(mu, logvar)
+    for table, old, new in zip(trainer._bank, before, fresh):
+        assert torch.allclose(table[[rows[i] for i in once]], new[once])
+        untouched = torch.ones(table.size(0), dtype=torch.bool)
+        untouched[rows] = False
+        assert torch.equal(table[untouched], old[untouched])
+
+
 def test_the_mmd_penalty_and_free_nats_train_and_are_reported(tiny_config):
     cfg = tiny_config.replace(
         train={"free_bits": 0.0, "free_nats": 2.0, "mmd_weight": 10.0, "eval_gaussian_draws": 0}
