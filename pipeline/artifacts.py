@@ -84,7 +84,10 @@ def _build(meta: dict[str, Any], what: str) -> TenseCVAE:
             config.char_embedding,
             config.latent_memory_size,
         )
-        if not isinstance(config.latent_memory, int) or not 0 <= config.latent_memory <= _SIZE_LIMIT:
+        if (
+            not isinstance(config.latent_memory, int)
+            or not 0 <= config.latent_memory <= _SIZE_LIMIT
+        ):
             raise ModelLoadError(f"{what}: memory size {config.latent_memory!r} is not plausible")
         if not all(isinstance(n, int) and 0 < n <= _SIZE_LIMIT for n in sizes):
             raise ModelLoadError(f"{what}: config sizes {sizes} are not plausible")

@@ -219,12 +219,10 @@ class TenseCVAE(nn.Module):
             x = torch.cat([x, cond.unsqueeze(1).expand(-1, x.size(1), -1)], dim=-1)
         return x
 
-    def _attend(
-        self, out: torch.Tensor, state: DecoderState
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _attend(self, out: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, torch.Tensor]:
         """The attentional output (B, H) for one decoder output (B, H), and the attention's
-        weights over the source (B, S); the context is
-        zeroed, and flagged so, where the decoder may not attend. In training, broadcast
+        weights over the source (B, S); the context is zeroed, and flagged so, where the
+        decoder may not attend. In training, broadcast
         products: with one query per row the batched matrix products' backward is made of
         outer products, about three times slower on CPU. Without gradients, batched matrix
         products: they need no (B, S, E) intermediate."""
@@ -259,7 +257,7 @@ class TenseCVAE(nn.Module):
                 inverse = torch.empty_like(order)
                 inverse[order] = torch.arange(B, device=order.device)
                 tokens, lengths, state = tokens[order], lengths[order], state.select(order)
-            live = (lengths.unsqueeze(0) > torch.arange(T, device=lengths.device).unsqueeze(1))
+            live = lengths.unsqueeze(0) > torch.arange(T, device=lengths.device).unsqueeze(1)
             counts = live.sum(1).tolist()  # rows still writing at each step, non-increasing
             x = F.linear(self.drop(self.chars(tokens)), state.cell.chars)  # (B, T, 4H)
             xs = (x + state.pre.unsqueeze(1)).unbind(1)
