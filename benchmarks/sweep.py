@@ -65,8 +65,8 @@ def table(runs: list[dict], command: str, device: str) -> str:
         f"Device: {device}; mean ± standard deviation over seeds.",
         "",
         "| variant | overrides | seeds | train s | BLEU-4 | BLEU-4 sampled | Gaussian | distinct "
-        "| unseen sp | unseen all |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| Gaussian, beam 4 | unseen sp | unseen all |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by: dict[str, list[dict]] = {}
     for r in runs:
@@ -74,13 +74,14 @@ def table(runs: list[dict], command: str, device: str) -> str:
     for name, rs in by.items():
         ok = [r for r in rs if "error" not in r]
         if not ok:
-            lines.append(f"| {name} | failed: {rs[0]['error']} |||||||||")
+            lines.append(f"| {name} | failed: {rs[0]['error']} ||||||||||")
             continue
         lines.append(
             f"| {name} | {' '.join(ok[0]['overrides']) or '-'} | {len(ok)} "
             f"| {ms(r['seconds'] for r in ok)} | {ms(r['bleu4'] for r in ok)} "
             f"| {ms(r['bleu4_sampled'] for r in ok)} | {ms(r['gaussian'] for r in ok)} "
-            f"| {ms(r['distinct'] for r in ok)} | {ms(r['unseen']['sp_mean'] for r in ok)} "
+            f"| {ms(r['distinct'] for r in ok)} | {ms(r['gaussian_beam'] for r in ok)} "
+            f"| {ms(r['unseen']['sp_mean'] for r in ok)} "
             f"| {ms(r['unseen']['mean'] for r in ok)} |"
         )
     return "\n".join(lines) + "\n"

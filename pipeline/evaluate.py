@@ -106,22 +106,29 @@ def _decode(model, state, n, method="greedy", beam_width=4) -> list[str]:
 
 
 @torch.no_grad()
-def decode_latents(model: TenseCVAE, z: torch.Tensor) -> list[Quad]:
+def decode_latents(
+    model: TenseCVAE, z: torch.Tensor, *, method: str = "greedy", beam_width: int = 4
+) -> list[Quad]:
     """The four forms each latent (N, Z) decodes to, with no source word to attend to."""
     model.eval()
     n = z.size(0)
     zz = z.to(model.device).repeat_interleave(4, dim=0)  # (4N, Z): four tenses per z
     tenses = torch.arange(4, device=model.device).repeat(n)
-    words = _decode(model, model.init_decoder(zz, tenses), 4 * n)
+    words = _decode(model, model.init_decoder(zz, tenses), 4 * n, method, beam_width)
     return [tuple(words[4 * i : 4 * i + 4]) for i in range(n)]
 
 
-def generate(model: TenseCVAE, n: int = 100, seed: int = 0) -> list[Quad]:
-    """n verbs, each the four forms decoded from one z ~ N(0, I)."""
+def generate(
+    model: TenseCVAE, n: int = 100, seed: int = 0, *, method: str = "greedy", beam_width: int = 4
+) -> list[Quad]:
+    """n verbs, each the four forms decoded from one z ~ N(0, I), greedily (the lab's way)
+    or by beam search, which writes the likeliest form of each tense instead of the likeliest
+    character at each step."""
     if n < 1:
         raise ValueError("generate needs n >= 1")
     g = torch.Generator().manual_seed(seed)
-    return decode_latents(model, torch.randn(n, model.config.latent_size, generator=g))
+    z = torch.randn(n, model.config.latent_size, generator=g)
+    return decode_latents(model, z, method=method, beam_width=beam_width)
 
 
 def gaussian(
@@ -130,13 +137,16 @@ def gaussian(
     draws: int = 20,
     n: int = 100,
     seed: int = 0,
+    *,
+    method: str = "greedy",
+    beam_width: int = 4,
 ) -> dict[str, Any]:
     """The lab's Gaussian score over ``draws`` independent draws of ``n`` z: mean, spread,
     and the distinct training verbs the matching tuples cover."""
     train = load_train() if train is None else train
     scores, distinct = [], []
     for d in range(draws):
-        tuples = generate(model, n, seed=seed * 100_003 + d)
+        tuples = generate(model, n, seed=seed * 100_003 + d, method=method, beam_width=beam_width)
         scores.append(gaussian_score(tuples, train))
         distinct.append(distinct_verbs(tuples, train))
     mean, std = mean_std(scores)
@@ -146,6 +156,7 @@ def gaussian(
         "draws": draws,
         "n": n,
         "distinct_verbs_mean": sum(distinct) / draws,
+        "decoding": method if method == "greedy" else f"beam {beam_width}",
     }
 
 
@@ -214,17 +225,25 @@ def evaluate(
     verbs_name: str | None = None,
     bleu_samples: int = 100,
     gaussian_draws: int = 20,
+    gaussian_beam: int = 0,
     seed: int = 0,
 ) -> dict[str, Any]:
     """All the lab's figures for a model: BLEU-4 (posterior mean, and sampled z), Gaussian
     score (mean over draws), and exact match per direction on the test conversions, or on
-    all 12 directions of a user's quadruple file ``verbs`` (a path, or its quadruples)."""
+    all 12 directions of a user's quadruple file ``verbs`` (a path, or its quadruples).
+    The Gaussian score decodes greedily, or by beam search of width ``gaussian_beam``."""
     tests = load_test() if tests is None else tests
     bleu = bleu_on(model, tests, samples=bleu_samples, seed=seed)
     result: dict[str, Any] = {
         "bleu4": bleu["bleu4"],
         "bleu4_sampled": bleu.get("bleu4_sampled"),
-        "gaussian_score": gaussian(model, draws=gaussian_draws, seed=seed)
+        "gaussian_score": gaussian(
+            model,
+            draws=gaussian_draws,
+            seed=seed,
+            method="beam" if gaussian_beam else "greedy",
+            beam_width=gaussian_beam or 4,
+        )
         if gaussian_draws
         else None,
         "conversions": [

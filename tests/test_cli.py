@@ -86,6 +86,9 @@ def test_one_off_conversion_imports_no_job_system():
         (["jobs", "424242"], "no job 424242"),
         (["cancel", "424242"], "no job 424242"),
         (["worker", "--threads", "-1"], "--threads must be 0"),
+        (["convert", "walk", "--from", "sp", "--to", "p", "--beam", "-1"], "--beam must be 0"),
+        (["generate", "--beam", "100000"], "up to 64, not 100000"),
+        (["evaluate", "--gaussian-beam", "-2"], "--gaussian-beam must be 0"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
@@ -194,8 +197,9 @@ def test_train_through_the_queue_writes_scores_and_curves(tmp_path):
     )
     assert models[0]["job_id"] == 1 and "bleu4" in models[0]["scores"]
     gen = json.loads(
-        tv("generate", "-n", "3", "--model", "1", "--wait", "--json", home=tmp_path, check=0).stdout
-    )
+        tv("generate", "-n", "3", "--model", "1", "--beam", "2", "--wait", "--json",
+           home=tmp_path, check=0).stdout
+    )  # fmt: skip
     assert gen["state"] == "succeeded" and gen["n"] == 3
 
 

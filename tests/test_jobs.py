@@ -91,6 +91,9 @@ def test_generation_and_evaluation_jobs(backend, trained):
     gen = wait_for(submit("generate", {"model": model, "n": 7, "seed": 3}))
     assert gen["state"] == "succeeded", gen["error"]
     assert len(generated(gen["id"])) == 7
+    beam = wait_for(submit("generate", {"model": model, "n": 7, "seed": 3, "beam": 3}))
+    assert beam["state"] == "succeeded", beam["error"]
+    assert len(generated(beam["id"])) == 7
     ev = wait_for(
         submit(
             "evaluate",
@@ -98,6 +101,7 @@ def test_generation_and_evaluation_jobs(backend, trained):
                 "model": model,
                 "bleu_samples": 2,
                 "gaussian_draws": 1,
+                "gaussian_beam": 2,
                 "verbs": [["walk", "walks", "walking", "walked"]],
                 "verbs_name": "mine.txt",
             },
@@ -108,6 +112,8 @@ def test_generation_and_evaluation_jobs(backend, trained):
     assert {s["dataset"] for s in job_scores(ev["id"]) if s["name"].startswith("exact")} == {
         "mine.txt"
     }
+    names = {s["name"] for s in job_scores(ev["id"])}
+    assert "gaussian_score_beam2" in names and "gaussian_score" not in names
 
 
 def test_a_failing_job_records_its_error(backend):

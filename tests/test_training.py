@@ -89,6 +89,11 @@ def test_evaluate_convert_generate(tiny_run, tmp_path):
     gen = pipeline.generate(model, 5, seed=1)
     assert len(gen) == 5 and all(len(t) == 4 for t in gen)
     assert gen == pipeline.generate(model, 5, seed=1)
+    # a beam of one is greedy decoding; a wider beam writes from the same noise
+    assert pipeline.generate(model, 5, seed=1, method="beam", beam_width=1) == gen
+    assert len(pipeline.generate(model, 5, seed=1, method="beam")) == 5
+    g = pipeline.evaluate(model, bleu_samples=0, gaussian_draws=1, gaussian_beam=3)
+    assert g["gaussian_score"]["decoding"] == "beam 3"
 
 
 def test_model_round_trips_through_bytes_and_folder(tiny_run, tmp_path):
@@ -223,12 +228,12 @@ def test_each_step_refreshes_the_bank_rows_of_the_forms_it_encoded(tiny_config):
     mu, logvar = torch.randn(8, 8), torch.randn(8, 8)  # stand-ins for the batch's posterior
     trainer._update_bank(b, mu, logvar)
     words = [trainer.model.vocab.decode(r) for r in b.src.tolist()]
-    rows = [trainer._bank_rows[(w, k)] for w, k in zip(words, b.src_tense.tolist())]
-    assert all(trainer.kept[r // 4][r % 4] == w for r, w in zip(rows, words))
-    once = [i for i, r in enumerate(rows) if rows.count(r) == 1]  # a repeat keeps one of its
+    rows = [trainer._bank_rows[(w, k)] for w, k in zip(words, b.src_tense.tolist(), strict=True)]
+    assert all(trainer.kept[r // 4][r % 4] == w for r, w in zip(rows, words, strict=True))
+    once = [i for i, r in enumerate(rows) if rows.count(r) == 1]  # a repeat keeps one of them
     assert once
     fresh = trainer._bank_terms(mu, logvar)
-    for table, old, new in zip(trainer._bank, before, fresh):
+    for table, old, new in zip(trainer._bank, before, fresh, strict=True):
         assert torch.allclose(table[[rows[i] for i in once]], new[once])
         untouched = torch.ones(table.size(0), dtype=torch.bool)
         untouched[rows] = False

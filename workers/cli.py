@@ -255,6 +255,7 @@ def _plot(job_id: int, target: str | None) -> Path:
 
 
 def cmd_convert(args) -> int:
+    _check_beam(args.beam, "--beam")
     if args.input:
         if args.words:
             raise UserError("give words or --input FILE, not both")
@@ -346,6 +347,9 @@ def cmd_evaluate(args) -> int:
         "gaussian_draws": args.draws,
         "seed": args.seed,
     }
+    _check_beam(args.gaussian_beam, "--gaussian-beam")
+    if args.gaussian_beam:
+        params["gaussian_beam"] = args.gaussian_beam
     if args.verbs:
         from pipeline.data import read_quads
 
@@ -357,12 +361,22 @@ def cmd_evaluate(args) -> int:
     return _finish(_wait(job_id, args.json), args, _show_scores)
 
 
+MAX_BEAM = 64
+
+
+def _check_beam(width: int, flag: str) -> None:
+    if not 0 <= width <= MAX_BEAM:
+        raise UserError(f"{flag} must be 0 (greedy) or a beam width up to {MAX_BEAM}, not {width}")
+
+
 def cmd_generate(args) -> int:
     if args.n < 1:
         raise UserError("-n must be at least 1")
-    job_id = _submit(
-        "generate", {"model": _model_ref(args.model), "n": args.n, "seed": args.seed}, args
-    )
+    _check_beam(args.beam, "--beam")
+    params = {"model": _model_ref(args.model), "n": args.n, "seed": args.seed}
+    if args.beam:
+        params["beam"] = args.beam
+    job_id = _submit("generate", params, args)
     if not args.wait:
         return 0
 
@@ -638,6 +652,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--draws", type=int, default=20)
+    p.add_argument(
+        "--gaussian-beam",
+        type=int,
+        default=0,
+        help="decode the Gaussian score's noise by beam search of this width (default: greedy)",
+    )
     p.add_argument("--seed", type=int, default=0)
     _model_option(p)
     _job_options(p)
@@ -646,6 +666,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="submit a generation job (verbs from Gaussian noise)")
     p.add_argument("-n", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--beam", type=int, default=0, help="beam width (default: greedy)")
     _model_option(p)
     _job_options(p)
     p.set_defaults(func=cmd_generate)

@@ -71,9 +71,15 @@ def score_rows(figures: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
     if b := figures.get("bleu4_sampled"):
         rows.append(_row("bleu4_sampled", b["mean"], b["std"], b["samples"], dataset))
     if g := figures.get("gaussian_score"):
-        rows.append(_row("gaussian_score", g["mean"], g["std"], g["draws"], dataset))
+        # greedy decoding keeps the lab's name; beam search's score is told apart by its own
+        tag = (
+            "" if g.get("decoding", "greedy") == "greedy" else "_" + g["decoding"].replace(" ", "")
+        )
+        rows.append(_row(f"gaussian_score{tag}", g["mean"], g["std"], g["draws"], dataset))
         rows.append(
-            _row("gaussian_distinct_verbs", g["distinct_verbs_mean"], None, g["draws"], dataset)
+            _row(
+                f"gaussian_distinct_verbs{tag}", g["distinct_verbs_mean"], None, g["draws"], dataset
+            )
         )
     exact_set = figures.get("exact_match_on", {}).get("file", dataset)
     for direction, value in figures.get("exact_match", {}).items():
@@ -219,6 +225,7 @@ def evaluate_job(job: Job, ctx: JobContext) -> dict[str, Any]:
         verbs_name=p.get("verbs_name"),
         bleu_samples=p.get("bleu_samples", 100),
         gaussian_draws=p.get("gaussian_draws", 20),
+        gaussian_beam=p.get("gaussian_beam", 0),
         seed=p.get("seed", 0),
     )
     ctx.check()
@@ -311,7 +318,14 @@ def convert_job(job: Job, ctx: JobContext) -> dict[str, Any]:
 def generate_job(job: Job, ctx: JobContext) -> dict[str, Any]:
     p = job.params
     model = load_model(p.get("model", "pretrained"))
-    tuples = pipeline.generate(model, p.get("n", 100), seed=p.get("seed", 0))
+    beam = p.get("beam", 0)
+    tuples = pipeline.generate(
+        model,
+        p.get("n", 100),
+        seed=p.get("seed", 0),
+        method="beam" if beam else "greedy",
+        beam_width=beam or 4,
+    )
     train = pipeline.data.load_train()
     lines = {tuple(q) for q in train}
     rows = [
