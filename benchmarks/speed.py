@@ -57,6 +57,17 @@ def train_rate(config, batches: int, repeats: int, device: torch.device) -> tupl
 
     data = list(make_batches(trainer.pairs, trainer.model.vocab, config.train.batch_size, gen))
     data = [b.to(device) for b in data]
+    # The prior's draws (train.prior_weight) are decoded in the same step: their work counts
+    # too, from the batches the trainer actually drew.
+    drawn: list = []
+    draw = trainer._prior_draws
+
+    def recording_draw():
+        z, b = draw()
+        drawn.append(b)
+        return z, b
+
+    trainer._prior_draws = recording_draw
     trainer.model.train()
     for b in data[:3]:
         trainer.train_step(b)
@@ -65,12 +76,15 @@ def train_rate(config, batches: int, repeats: int, device: torch.device) -> tupl
     for r in range(repeats):
         chosen = data[3 + r * batches : 3 + (r + 1) * batches]
         words = sum(b.src.size(0) for b in chosen)
-        flops.append(sum(step_flops(config.model, b) for b in chosen) / words)
+        drawn.clear()
         start = time.perf_counter()
         for b in chosen:
             trainer.train_step(b)
         sync(device)
         rates.append(words / (time.perf_counter() - start))
+        work = sum(step_flops(config.model, b) for b in chosen)
+        work += sum(prior_flops(config.model, b) for b in drawn)
+        flops.append(work / words)
     return med(rates), statistics.fmean(flops)
 
 
@@ -82,13 +96,32 @@ def step_flops(m, b) -> float:
     He = H * D
     src = b.src_len.float()
     tgt = (b.tgt_out != 0).sum(1).float()
-    dec_in = C + (Z + E if m.decoder_input_z else 0) + (H if m.attention else 0)
+    cond = Z + E + (m.latent_memory_size if m.latent_memory else 0)
+    dec_in = C + (cond if m.decoder_input_z else 0) + (H if m.attention else 0)
     enc = src * D * 2 * 4 * H * (C + H)
-    heads = 2 * 2 * He * Z + 2 * (Z + E) * 2 * H + 2 * E * 2 * H * D
+    heads = 2 * 2 * He * Z + 2 * cond * 2 * H + 2 * E * 2 * H * D + memory_flops(m)
     dec = tgt * 2 * 4 * H * (dec_in + H)
     out = tgt * 2 * H * V
     attn = tgt * (2 * H * He + 4 * src * He + 2 * (H + He + 1) * H) if m.attention else 0
     forward = enc + heads + dec + out + attn
+    return float((3 * forward).sum())
+
+
+def memory_flops(m) -> float:
+    """z's read of the latent memory: distances to every key, then the weighted values."""
+    return 2 * m.latent_memory * (m.latent_size + m.latent_memory_size) if m.latent_memory else 0
+
+
+def prior_flops(m, b) -> float:
+    """A prior draw's row: decoded from z alone (no encoder, nothing to attend to)."""
+    H, Z, E, C, V = m.hidden_size, m.latent_size, m.tense_embedding, m.char_embedding, 30
+    cond = Z + E + (m.latent_memory_size if m.latent_memory else 0)
+    dec_in = C + (cond if m.decoder_input_z else 0) + (H if m.attention else 0)
+    tgt = (b.tgt_out != 0).sum(1).float()
+    forward = tgt * (2 * 4 * H * (dec_in + H) + 2 * H * V)
+    forward += 2 * cond * 2 * H + memory_flops(m)
+    if m.attention:
+        forward += tgt * 2 * (H + H * (2 if m.bidirectional else 1) + 1) * H  # combine layer
     return float((3 * forward).sum())
 
 
