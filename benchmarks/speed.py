@@ -96,8 +96,7 @@ def step_flops(m, b) -> float:
     He = H * D
     src = b.src_len.float()
     tgt = (b.tgt_out != 0).sum(1).float()
-    cond = Z + E + (m.latent_memory_size if m.latent_memory else 0)
-    dec_in = C + (cond if m.decoder_input_z else 0) + (H if m.attention else 0)
+    cond, dec_in = decoder_inputs(m)
     enc = src * D * 2 * 4 * H * (C + H)
     heads = 2 * 2 * He * Z + 2 * cond * 2 * H + 2 * E * 2 * H * D + memory_flops(m)
     dec = tgt * 2 * 4 * H * (dec_in + H)
@@ -107,6 +106,13 @@ def step_flops(m, b) -> float:
     return float((3 * forward).sum())
 
 
+def decoder_inputs(m) -> tuple[int, int]:
+    """Sizes of the decoder's condition (z, tense, memory read) and of its LSTM input."""
+    cond = m.latent_size + m.tense_embedding + (m.latent_memory_size if m.latent_memory else 0)
+    dec_in = m.char_embedding + (cond if m.decoder_input_z else 0)
+    return cond, dec_in + (m.hidden_size if m.attention else 0)
+
+
 def memory_flops(m) -> float:
     """z's read of the latent memory: distances to every key, then the weighted values."""
     return 2 * m.latent_memory * (m.latent_size + m.latent_memory_size) if m.latent_memory else 0
@@ -114,9 +120,8 @@ def memory_flops(m) -> float:
 
 def prior_flops(m, b) -> float:
     """A prior draw's row: decoded from z alone (no encoder, nothing to attend to)."""
-    H, Z, E, C, V = m.hidden_size, m.latent_size, m.tense_embedding, m.char_embedding, 30
-    cond = Z + E + (m.latent_memory_size if m.latent_memory else 0)
-    dec_in = C + (cond if m.decoder_input_z else 0) + (H if m.attention else 0)
+    H, V = m.hidden_size, 30
+    cond, dec_in = decoder_inputs(m)
     tgt = (b.tgt_out != 0).sum(1).float()
     forward = tgt * (2 * 4 * H * (dec_in + H) + 2 * H * V)
     forward += 2 * cond * 2 * H + memory_flops(m)

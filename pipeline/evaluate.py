@@ -35,6 +35,11 @@ def check_words(model: TenseCVAE, words: Sequence[str]) -> list[str]:
     return out
 
 
+def decode_options(beam: int) -> dict[str, Any]:
+    """Keyword arguments for convert/generate/gaussian from a beam width: 0 is greedy."""
+    return {"method": "beam", "beam_width": beam} if beam else {"method": "greedy"}
+
+
 def _indices(tenses: str | Sequence[str], n: int) -> list[int]:
     if isinstance(tenses, str):
         return [tense_index(tenses)] * n
@@ -241,8 +246,7 @@ def evaluate(
             model,
             draws=gaussian_draws,
             seed=seed,
-            method="beam" if gaussian_beam else "greedy",
-            beam_width=gaussian_beam or 4,
+            **decode_options(gaussian_beam),
         )
         if gaussian_draws
         else None,

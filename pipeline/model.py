@@ -222,10 +222,10 @@ class TenseCVAE(nn.Module):
     def _attend(self, out: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, torch.Tensor]:
         """The attentional output (B, H) for one decoder output (B, H), and the attention's
         weights over the source (B, S); the context is zeroed, and flagged so, where the
-        decoder may not attend. In training, broadcast
-        products: with one query per row the batched matrix products' backward is made of
-        outer products, about three times slower on CPU. Without gradients, batched matrix
-        products: they need no (B, S, E) intermediate."""
+        decoder may not attend. In training, broadcast products: with one query per row the
+        batched matrix products' backward is made of outer products, about three times slower
+        on CPU. Without gradients, batched matrix products: they need no (B, S, E)
+        intermediate."""
         memory, key = state.memory, self.attn_key(out)
         broadcast = torch.is_grad_enabled()
         if broadcast:

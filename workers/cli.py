@@ -264,19 +264,12 @@ def cmd_convert(args) -> int:
         raise UserError("give words to convert, or --input FILE for a bulk job")
     if not args.src or not args.tgt:
         raise UserError("one-off conversion needs --from and --to")
-    from pipeline.evaluate import convert
+    from pipeline.evaluate import convert, decode_options
     from pipeline.tenses import tense_code
 
     src, tgt = tense_code(args.src), tense_code(args.tgt)
     model = _load_model_now(args.model)
-    outputs = convert(
-        model,
-        args.words,
-        src,
-        tgt,
-        method="beam" if args.beam else "greedy",
-        beam_width=args.beam or 4,
-    )
+    outputs = convert(model, args.words, src, tgt, **decode_options(args.beam))
     if args.json:
         _print_json(
             [

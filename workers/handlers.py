@@ -27,7 +27,7 @@ from db.models import (
 from db.session import transaction
 from pipeline import artifacts
 from pipeline.config import from_dict
-from pipeline.evaluate import check_words
+from pipeline.evaluate import check_words, decode_options
 from pipeline.metrics import distinct_verbs, gaussian_score
 from pipeline.tenses import tense_code
 from pipeline.training import EpochReport, resolve_device
@@ -318,13 +318,8 @@ def convert_job(job: Job, ctx: JobContext) -> dict[str, Any]:
 def generate_job(job: Job, ctx: JobContext) -> dict[str, Any]:
     p = job.params
     model = load_model(p.get("model", "pretrained"))
-    beam = p.get("beam", 0)
     tuples = pipeline.generate(
-        model,
-        p.get("n", 100),
-        seed=p.get("seed", 0),
-        method="beam" if beam else "greedy",
-        beam_width=beam or 4,
+        model, p.get("n", 100), seed=p.get("seed", 0), **decode_options(p.get("beam", 0))
     )
     train = pipeline.data.load_train()
     lines = {tuple(q) for q in train}
