@@ -55,7 +55,7 @@ def start_worker(name: str, threads: int) -> subprocess.Popen:
 
 def wait(job_id: int) -> dict:
     while True:
-        job = get_job(job_id)
+        job = get_job(job_id, full=False)
         if job["state"] in ("succeeded", "failed", "cancelled"):
             return job
         time.sleep(0.05)

@@ -42,7 +42,9 @@ class Job(Base):
     queue: Mapped[str] = mapped_column(String(64))
     progress: Mapped[float] = mapped_column(Float, default=0.0)  # 0..1
     message: Mapped[str | None] = mapped_column(Text)  # last progress line, for people
-    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # what was asked
+    # What was asked. Deferred: a bulk job's lines run to megabytes, and listing, polling and
+    # the heartbeat read jobs far more often than a handler needs its params.
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, deferred=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # summary when done
     error: Mapped[str | None] = mapped_column(Text)  # why it failed
     submitted_by: Mapped[str | None] = mapped_column(String(128))

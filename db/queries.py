@@ -41,10 +41,12 @@ def job_dict(job: Job, full: bool = False) -> dict[str, Any]:
     return d
 
 
-def get_job(job_id: int) -> dict[str, Any] | None:
+def get_job(job_id: int, full: bool = True) -> dict[str, Any] | None:
+    """A job's fields; ``full`` adds its result and params (a bulk job's lines counted, not
+    listed). Pollers ask with full=False: reading params means parsing every line."""
     with session() as s:
         job = s.get(Job, job_id)
-        return None if job is None else job_dict(job, full=True)
+        return None if job is None else job_dict(job, full=full)
 
 
 def list_jobs(

@@ -76,3 +76,26 @@ def test_a_failed_write_stops_the_job_and_a_rerun_finishes_the_rest(job):
     assert convert_job(job, ctx)["converted"] == 7
     assert ctx.writes == ["4/7 lines", "6/7 lines", "7/7 lines"]
     assert _lines(job.id) == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_bulk_jobs_lines_are_read_only_by_its_handler(job):
+    """Polling, listing and the heartbeat read jobs often: they must not parse every line of
+    a bulk job. The worker's claim loads them for the handler, which runs after the
+    claim's session has closed."""
+    from sqlalchemy import inspect
+
+    from db.models import Job
+    from db.queries import get_job, list_jobs
+    from db.session import session
+    from workers.runner import claim
+
+    job_id = job.id
+    with session() as s:
+        listed = s.get(Job, job_id)
+        assert "params" in inspect(listed).unloaded
+    polled = get_job(job_id, full=False)
+    assert polled["state"] == "queued" and "params" not in polled
+    assert get_job(job_id)["params"] == {"lines": len(WORDS)}
+    assert [j["id"] for j in list_jobs()] == [job_id]
+    held = claim(job_id, "w1")
+    assert inspect(held).detached and len(held.params["requests"]) == len(WORDS)

@@ -118,7 +118,7 @@ def _run_here_if_nobody_listens(job_id: int):
     from db.queries import get_job, workers_listening
     from workers import settings
 
-    queue = get_job(job_id)["queue"]
+    queue = get_job(job_id, full=False)["queue"]
     if not settings.is_embedded_broker() or workers_listening(queue):
         return None
     from workers import runner
@@ -144,7 +144,7 @@ def _wait(job_id: int, quiet: bool) -> dict[str, Any]:
     thread = _run_here_if_nobody_listens(job_id)
     if thread is None and not quiet:
         print(
-            f"waiting for a worker on queue {get_job(job_id)['queue']!r}",
+            f"waiting for a worker on queue {get_job(job_id, full=False)['queue']!r}",
             file=sys.stderr,
             flush=True,
         )
@@ -155,7 +155,7 @@ def _wait(job_id: int, quiet: bool) -> dict[str, Any]:
     last = None
     try:
         while True:
-            job = get_job(job_id)
+            job = get_job(job_id, full=False)
             line = f"[job {job_id}] {job['state']} {job['progress'] * 100:3.0f}% {job['message'] or ''}"
             if line != last and not quiet:
                 print(line.rstrip(), file=sys.stderr, flush=True)
@@ -163,7 +163,7 @@ def _wait(job_id: int, quiet: bool) -> dict[str, Any]:
             if job["state"] in ("succeeded", "failed", "cancelled") and (
                 thread is None or not thread.is_alive()
             ):
-                return job
+                return get_job(job_id)
             time.sleep(0.3)
     except KeyboardInterrupt:
         print(f"\ncancelling job {job_id} ...", file=sys.stderr, flush=True)

@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import undefer
 
 from db.models import FINAL_STATES, Checkpoint, Job, Worker, utcnow
 from db.session import DatabaseUnavailable, session, transaction
@@ -60,7 +61,8 @@ def _claim(s, job_id: int, worker: str) -> Job | None:
             started_at=func.coalesce(Job.started_at, now),
         )
     ).rowcount
-    return s.get(Job, job_id) if took else None
+    # The handler reads params after this session closes: load them now (they are deferred).
+    return s.get(Job, job_id, options=[undefer(Job.params)]) if took else None
 
 
 def _finish(job_id: int, worker: str, state: str, **values: Any) -> bool:
