@@ -210,10 +210,7 @@ class Batch:
 
 def pad(seqs: Sequence[Sequence[int]], value: int = PAD) -> torch.Tensor:
     width = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), width), value, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return out
+    return torch.tensor([[*s, *([value] * (width - len(s)))] for s in seqs], dtype=torch.long)
 
 
 def encode_sources(words: Sequence[str], vocab: Vocab) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,9 @@ SP_DIRECTIONS: tuple[str, ...] = ("sp->tp", "sp->pg", "sp->p", "tp->sp", "pg->sp
 
 def tense_code(name: str) -> str:
     """The code (sp, tp, pg, p) of a tense name or alias, case-insensitive."""
-    code = _LOOKUP.get(str(name).strip().lower().replace(" ", "-"))
+    code = _LOOKUP.get(name) if isinstance(name, str) else None  # the usual case: a code
+    if code is None:
+        code = _LOOKUP.get(str(name).strip().lower().replace(" ", "-"))
     if code is None:
         accepted = ", ".join(f"{c} ({'/'.join(a[1:3])})" for c, a in _ALIASES.items())
         raise TenseError(f"unknown tense {name!r}: accepted are {accepted}")

@@ -31,11 +31,17 @@ class Vocab:
     def _index(self) -> dict[str, int]:
         return {c: i + len(SPECIALS) for i, c in enumerate(self.chars)}
 
+    @cached_property
+    def _charset(self) -> frozenset[str]:
+        return frozenset(self.chars)
+
     def check(self, word: str) -> str:
         """The word in lower case, or WordError naming why it cannot be read."""
         if not isinstance(word, str):
             raise WordError(f"{word!r} is not a word (it is {type(word).__name__})")
         folded = word.strip().lower()
+        if folded and self._charset.issuperset(folded):  # the usual case, checked at C speed
+            return folded
         if not folded:
             raise WordError("an empty word cannot be converted")
         bad = sorted({c for c in folded if c not in self.chars})
@@ -52,16 +58,17 @@ class Vocab:
         index = self._index
         return [index[c] for c in self.check(word)]
 
+    @cached_property
+    def _glyphs(self) -> tuple[str, ...]:
+        return ("",) * len(SPECIALS) + tuple(self.chars)
+
     def decode(self, ids: Iterable[int]) -> str:
         """Characters up to the first end token; specials other than the end are dropped."""
-        out = []
-        for i in ids:
-            i = int(i)
-            if i == EOS:
-                break
-            if i >= len(SPECIALS):
-                out.append(self.chars[i - len(SPECIALS)])
-        return "".join(out)
+        ids = [int(i) for i in ids]
+        if EOS in ids:
+            ids = ids[: ids.index(EOS)]
+        glyphs = self._glyphs
+        return "".join([glyphs[i] for i in ids])
 
     @classmethod
     def from_words(cls, words: Sequence[str]) -> Vocab:
