@@ -73,6 +73,7 @@ def run(
     bleu = bleu_on(model, pipeline.data.load_test(), samples=100, seed=seed)
     g = gaussian(model, draws=20, seed=seed)
     gb = gaussian(model, draws=20, seed=seed, method="beam", beam_width=4)
+    ga = gaussian(model, draws=20, seed=seed, method="beam", beam_width=4, anchored=True)
     return {
         "config": config_name,
         "seed": seed,
@@ -86,6 +87,8 @@ def run(
         "distinct": g["distinct_verbs_mean"],
         "gaussian_beam": gb["mean"],
         "distinct_beam": gb["distinct_verbs_mean"],
+        "gaussian_anchored": ga["mean"],
+        "distinct_anchored": ga["distinct_verbs_mean"],
         "unseen": exact_by_direction(model, held),
         "lemminflect": lemminflect_exact(held) if compare else None,
         "held_verbs": len(held),
@@ -172,9 +175,9 @@ def table(runs: list[dict], seeds: int, command: str) -> str:
         "",
         "| config | epochs | train time (s) | time to BLEU-4 = 1.0 (s) | BLEU-4 (mean z) "
         "| BLEU-4 (100 sampled z) | Gaussian score (20 × 100) | distinct verbs / 100 "
-        "| Gaussian, beam 4 (distinct) "
+        "| Gaussian, beam 4 (distinct) | anchored generation, beam 4 (distinct) "
         "| recall from z alone (mean / sample) | unseen verbs, 6 sp directions | unseen, all 12 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by = {}
     for r in runs:
@@ -186,12 +189,13 @@ def table(runs: list[dict], seeds: int, command: str) -> str:
             f"| {ms(r['bleu4_sampled'] for r in rs)} | {ms(r['gaussian'] for r in rs)} "
             f"| {ms(r['distinct'] for r in rs)} "
             f"| {ms(r['gaussian_beam'] for r in rs)} ({ms(r['distinct_beam'] for r in rs)}) "
+            f"| {ms(r['gaussian_anchored'] for r in rs)} ({ms(r['distinct_anchored'] for r in rs)}) "
             f"| {ms(r['recall']['mean'] for r in rs)} / {ms(r['recall']['sample'] for r in rs)} "
             f"| {ms(r['unseen']['sp_mean'] for r in rs)} | {ms(r['unseen']['mean'] for r in rs)} |"
         )
     first = next(iter(by.values()))
     lines.append(
-        f"| LemmInflect (same held-out verbs) | - | - | - | - | - | cannot generate | - | - | - "
+        f"| LemmInflect (same held-out verbs) | - | - | - | - | - | cannot generate | - | - | - | - "
         f"| {ms(r['lemminflect']['sp_mean'] for r in first)} | {ms(r['lemminflect']['mean'] for r in first)} |"
     )
     lines += [
@@ -201,9 +205,14 @@ def table(runs: list[dict], seeds: int, command: str) -> str:
         "how many different training lines the matching tuples cover. z is drawn from N(0, I) and "
         "goes straight into the decoder. The Gaussian score decodes greedily, as the lab does; "
         "'beam 4' decodes the same noise by beam search of width 4 (the likeliest word of each "
-        "tense instead of the likeliest character at each step). 'Recall from z alone' is the share of 400 training verbs "
+        "tense instead of the likeliest character at each step). 'Anchored generation' is not "
+        "the lab's score and does not count toward its target: only the simple present is "
+        "decoded from the noise (beam 4), and the other three forms are the model's own "
+        "conversions of it (encoder posterior, attention, copying), scored the same way against "
+        "train.txt; it measures how often a generated verb comes out as four forms of one "
+        "training verb when the model conjugates its own draw. 'Recall from z alone' is the share of 400 training verbs "
         "whose four forms the decoder writes exactly from the posterior of their sp form with "
-        "nothing to attend to (its mean, then one sample): generation can be no better. 'Time to "
+        "nothing to attend to (its mean, then one sample): the lab's generation can be no better. 'Time to "
         "BLEU-4 = 1.0' sums the training seconds of the epochs up to the first scored epoch "
         "(every 2nd) with BLEU-4 = 1.0 on the posterior mean. No run reached the Gaussian target "
         "(0.90), so there is no time to it.",
@@ -255,7 +264,7 @@ def main() -> None:
             print(
                 f"{name} seed {seed}: {r['seconds']:.0f}s bleu4 {r['bleu4']:.3f} "
                 f"gaussian {r['gaussian']:.3f} ({r['distinct']:.0f} distinct) "
-                f"beam4 {r['gaussian_beam']:.3f} "
+                f"beam4 {r['gaussian_beam']:.3f} anchored {r['gaussian_anchored']:.3f} "
                 f"unseen sp {r['unseen']['sp_mean']:.3f} all {r['unseen']['mean']:.3f} "
                 f"lemminflect sp {r['lemminflect']['sp_mean']:.3f}",
                 flush=True,

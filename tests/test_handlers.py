@@ -99,3 +99,17 @@ def test_a_bulk_jobs_lines_are_read_only_by_its_handler(job):
     assert [j["id"] for j in list_jobs()] == [job_id]
     held = claim(job_id, "w1")
     assert inspect(held).detached and len(held.params["requests"]) == len(WORDS)
+
+
+def test_score_names_tell_decodings_apart():
+    from workers.handlers import score_rows
+
+    def names(decoding, anchored):
+        g = {"mean": 0.5, "std": 0.1, "draws": 2, "distinct_verbs_mean": 40.0,
+             "decoding": decoding, "anchored": anchored}  # fmt: skip
+        return {r["name"] for r in score_rows({"bleu4": 1.0, "gaussian_score": g}, "test.txt")}
+
+    assert "gaussian_score" in names("greedy", False)
+    assert "gaussian_score_beam4" in names("beam 4", False)
+    assert "gaussian_score_anchored" in names("greedy", True)
+    assert "gaussian_score_beam4_anchored" in names("beam 4", True)

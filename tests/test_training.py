@@ -96,6 +96,25 @@ def test_evaluate_convert_generate(tiny_run, tmp_path):
     assert g["gaussian_score"]["decoding"] == "beam 3"
 
 
+def test_anchored_generation_conjugates_the_simple_present_it_draws(tiny_run):
+    """Anchored: the simple present is what z writes; the other three forms are exactly the
+    model's conversions of it, decoded the same way."""
+    model = tiny_run[0].model
+    for kw in ({}, {"method": "beam", "beam_width": 2}):
+        raw = pipeline.generate(model, 12, seed=4, **kw)
+        anchored = pipeline.generate(model, 12, seed=4, anchored=True, **kw)
+        assert [q[0] for q in anchored] == [q[0] for q in raw]
+        limit = model.config.max_length - 5
+        for q, r in zip(anchored, raw, strict=True):
+            if 0 < len(q[0]) <= limit:
+                conj = [pipeline.convert(model, [q[0]], "sp", t, **kw)[0] for t in ("tp", "pg", "p")]
+                assert list(q[1:]) == conj
+            else:  # nothing to conjugate: z's own forms stand
+                assert q == r
+    g = pipeline.evaluate(model, bleu_samples=0, gaussian_draws=1, gaussian_anchored=True)
+    assert g["gaussian_score"]["anchored"] is True
+
+
 def test_model_round_trips_through_bytes_and_folder(tiny_run, tmp_path):
     model = tiny_run[0].model
     words = ["abandon", "begin", "split"]

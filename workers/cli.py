@@ -203,8 +203,10 @@ def _show_scores(job: dict[str, Any]) -> None:
         if r.get(key) is not None:
             extra = ""
             if key == "gaussian_score":
+                how = r[key].get("decoding", "greedy")
+                how += ", anchored: not the lab's decoding" if r[key].get("anchored") else ""
                 extra = (
-                    f" (over {r[key]['draws']} draws of {r[key]['n']}; "
+                    f" (over {r[key]['draws']} draws of {r[key]['n']}, {how}; "
                     f"{r[key]['distinct_verbs_mean']:.1f} distinct verbs per draw)"
                 )
             print(f"  {key:<15} {_figure(r[key])}{extra}")
@@ -343,6 +345,8 @@ def cmd_evaluate(args) -> int:
     _check_beam(args.gaussian_beam, "--gaussian-beam")
     if args.gaussian_beam:
         params["gaussian_beam"] = args.gaussian_beam
+    if args.gaussian_anchored:
+        params["gaussian_anchored"] = True
     if args.verbs:
         from pipeline.data import read_quads
 
@@ -369,6 +373,8 @@ def cmd_generate(args) -> int:
     params = {"model": _model_ref(args.model), "n": args.n, "seed": args.seed}
     if args.beam:
         params["beam"] = args.beam
+    if args.anchored:
+        params["anchored"] = True
     job_id = _submit("generate", params, args)
     if not args.wait:
         return 0
@@ -377,9 +383,10 @@ def cmd_generate(args) -> int:
         from db.queries import generated
 
         r = job["result"]
+        how = " (anchored: sp from the noise, the rest converted from it)" if r.get("anchored") else ""
         print(
-            f"job {job['id']} succeeded: {r['n']} verbs, {r['gaussian_score']:.2f} match train.txt "
-            f"({r['distinct_verbs']} distinct)"
+            f"job {job['id']} succeeded: {r['n']} verbs{how}, {r['gaussian_score']:.2f} match "
+            f"train.txt ({r['distinct_verbs']} distinct)"
         )
         for g in generated(job["id"]):
             print(
@@ -651,6 +658,11 @@ def parser() -> argparse.ArgumentParser:
         default=0,
         help="decode the Gaussian score's noise by beam search of this width (default: greedy)",
     )
+    p.add_argument(
+        "--gaussian-anchored",
+        action="store_true",
+        help="score anchored generation (see generate --anchored) instead of the lab's decoding",
+    )
     p.add_argument("--seed", type=int, default=0)
     _model_option(p)
     _job_options(p)
@@ -660,6 +672,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--beam", type=int, default=0, help="beam width (default: greedy)")
+    p.add_argument(
+        "--anchored",
+        action="store_true",
+        help="decode only the simple present from the noise and conjugate it with the model's "
+        "own conversions (the four forms agree; not the lab's decoding)",
+    )
     _model_option(p)
     _job_options(p)
     p.set_defaults(func=cmd_generate)

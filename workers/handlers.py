@@ -71,10 +71,9 @@ def score_rows(figures: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
     if b := figures.get("bleu4_sampled"):
         rows.append(_row("bleu4_sampled", b["mean"], b["std"], b["samples"], dataset))
     if g := figures.get("gaussian_score"):
-        # greedy decoding keeps the lab's name; beam search's score is told apart by its own
-        tag = (
-            "" if g.get("decoding", "greedy") == "greedy" else "_" + g["decoding"].replace(" ", "")
-        )
+        # greedy decoding keeps the lab's name; beam search and anchoring are told apart
+        tag = "" if g.get("decoding", "greedy") == "greedy" else "_" + g["decoding"].replace(" ", "")
+        tag += "_anchored" if g.get("anchored") else ""
         rows.append(_row(f"gaussian_score{tag}", g["mean"], g["std"], g["draws"], dataset))
         rows.append(
             _row(
@@ -226,6 +225,7 @@ def evaluate_job(job: Job, ctx: JobContext) -> dict[str, Any]:
         bleu_samples=p.get("bleu_samples", 100),
         gaussian_draws=p.get("gaussian_draws", 20),
         gaussian_beam=p.get("gaussian_beam", 0),
+        gaussian_anchored=p.get("gaussian_anchored", False),
         seed=p.get("seed", 0),
     )
     ctx.check()
@@ -319,7 +319,11 @@ def generate_job(job: Job, ctx: JobContext) -> dict[str, Any]:
     p = job.params
     model = load_model(p.get("model", "pretrained"))
     tuples = pipeline.generate(
-        model, p.get("n", 100), seed=p.get("seed", 0), **decode_options(p.get("beam", 0))
+        model,
+        p.get("n", 100),
+        seed=p.get("seed", 0),
+        anchored=p.get("anchored", False),
+        **decode_options(p.get("beam", 0)),
     )
     train = pipeline.data.load_train()
     lines = {tuple(q) for q in train}
@@ -336,6 +340,7 @@ def generate_job(job: Job, ctx: JobContext) -> dict[str, Any]:
     transaction(write)
     return {
         "n": len(tuples),
+        "anchored": p.get("anchored", False),
         "gaussian_score": gaussian_score(tuples, train),
         "distinct_verbs": distinct_verbs(tuples, train),
     }
