@@ -96,7 +96,9 @@ def test_generation_and_evaluation_jobs(backend, trained):
     assert len(generated(beam["id"])) == 7
     anchored = wait_for(submit("generate", {"model": model, "n": 4, "seed": 3, "anchored": True}))
     assert anchored["state"] == "succeeded" and anchored["result"]["anchored"] is True
-    assert [g["sp"] for g in generated(anchored["id"])] == [g["sp"] for g in generated(gen["id"])][:4]
+    assert [g["sp"] for g in generated(anchored["id"])] == [g["sp"] for g in generated(gen["id"])][
+        :4
+    ]
     ev = wait_for(
         submit(
             "evaluate",

@@ -107,7 +107,9 @@ def test_anchored_generation_conjugates_the_simple_present_it_draws(tiny_run):
         limit = model.config.max_length - 5
         for q, r in zip(anchored, raw, strict=True):
             if 0 < len(q[0]) <= limit:
-                conj = [pipeline.convert(model, [q[0]], "sp", t, **kw)[0] for t in ("tp", "pg", "p")]
+                conj = [
+                    pipeline.convert(model, [q[0]], "sp", t, **kw)[0] for t in ("tp", "pg", "p")
+                ]
                 assert list(q[1:]) == conj
             else:  # nothing to conjugate: z's own forms stand
                 assert q == r

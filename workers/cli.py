@@ -383,7 +383,11 @@ def cmd_generate(args) -> int:
         from db.queries import generated
 
         r = job["result"]
-        how = " (anchored: sp from the noise, the rest converted from it)" if r.get("anchored") else ""
+        how = (
+            " (anchored: sp from the noise, the rest converted from it)"
+            if r.get("anchored")
+            else ""
+        )
         print(
             f"job {job['id']} succeeded: {r['n']} verbs{how}, {r['gaussian_score']:.2f} match "
             f"train.txt ({r['distinct_verbs']} distinct)"

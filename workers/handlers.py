@@ -72,7 +72,9 @@ def score_rows(figures: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
         rows.append(_row("bleu4_sampled", b["mean"], b["std"], b["samples"], dataset))
     if g := figures.get("gaussian_score"):
         # greedy decoding keeps the lab's name; beam search and anchoring are told apart
-        tag = "" if g.get("decoding", "greedy") == "greedy" else "_" + g["decoding"].replace(" ", "")
+        tag = (
+            "" if g.get("decoding", "greedy") == "greedy" else "_" + g["decoding"].replace(" ", "")
+        )
         tag += "_anchored" if g.get("anchored") else ""
         rows.append(_row(f"gaussian_score{tag}", g["mean"], g["std"], g["draws"], dataset))
         rows.append(
