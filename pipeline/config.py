@@ -25,6 +25,10 @@ class ModelConfig:
     # posterior: the attending path must then spell from the source characters (and so
     # generalise to new verbs), while the path without attention must spell from z alone.
     context_prior_z: bool = False
+    # Of those attending words, the share that keep their posterior z all the same (and carry
+    # the KL term): the attending path may then learn from z what characters cannot tell,
+    # such as a trained irregular verb's past.
+    context_posterior_share: float = 0.0
     # With attention: each step may also copy a source character, with the attention's
     # weights, mixed with the written distribution by a learned gate (a pointer-generator).
     # Words decoded without context never copy.
@@ -168,6 +172,10 @@ def validate(cfg: Config) -> None:
         ),
         (m.char_embedding > 0, "model.char_embedding must be positive"),
         (0.0 <= m.context_dropout <= 1.0, "model.context_dropout must lie in [0, 1]"),
+        (
+            0.0 <= m.context_posterior_share <= 1.0,
+            "model.context_posterior_share must lie in [0, 1]",
+        ),
         (m.max_length >= 2, "model.max_length must be at least 2"),
         (
             m.latent_memory >= 0 and m.latent_memory_size >= 1,

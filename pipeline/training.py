@@ -279,8 +279,13 @@ class Trainer:
             use_context = keep.to(z.device)
             if m.config.context_prior_z:
                 noise = torch.randn(z.shape, generator=self.generator).to(z.device)
-                z = torch.where(use_context.unsqueeze(1), noise, z)
-                posterior_used = ~use_context
+                from_prior = use_context
+                if m.config.context_posterior_share > 0:
+                    held = torch.rand(z.size(0), generator=self.generator)
+                    held = (held < m.config.context_posterior_share).to(z.device)
+                    from_prior = use_context & ~held
+                z = torch.where(from_prior.unsqueeze(1), noise, z)
+                posterior_used = ~from_prior
         extra = {}
         if t.prior_weight > 0:
             state, tgt_in, tgt_out, n = self._join_prior(z, b, post, use_context)

@@ -36,6 +36,7 @@ def test_overrides():
         (["attention=maybe"], "expected bool"),
         (["mmd_weight=-1"], "mmd_weight"),
         (["free_nats=-0.5"], "free_nats"),
+        (["context_posterior_share=1.5"], "context_posterior_share"),
     ],
 )
 def test_bad_overrides(overrides, message):

@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import pytest
@@ -270,3 +271,31 @@ def test_the_mmd_penalty_and_free_nats_train_and_are_reported(tiny_config):
     assert figures["mmd"] >= -0.05 and figures["mmd"] == figures["mmd"]
     plain = pipeline.train(tiny_config.replace(train={"eval_gaussian_draws": 0}))
     assert "mmd" not in plain.history[0] and plain.history[0]["loss"] != figures["loss"]
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_attending_words_keep_their_posterior_at_the_share_asked(tiny_config, share, monkeypatch):
+    """context_prior_z gives attending words prior noise; context_posterior_share lets that
+    share of them keep their posterior z, and with it the KL term."""
+    from pipeline import training
+
+    cfg = tiny_config.replace(
+        model={"context_dropout": 0.5, "context_posterior_share": share},
+        train={"prior_weight": 0.0},
+    )
+    trainer = training.Trainer(cfg, pipeline.data.load_train(), torch.device("cpu"))
+    seen = []
+    real = training.Trainer._kl
+
+    def spy(mu, logvar, used):
+        seen.append(used)
+        return real(mu, logvar, used)
+
+    monkeypatch.setattr(training.Trainer, "_kl", staticmethod(spy))
+    gen = torch.Generator().manual_seed(0)
+    for b in itertools.islice(training.batches(trainer.pairs, trainer.model.vocab, 256, gen), 4):
+        trainer.train_step(b)
+    used = torch.cat(seen).float().mean().item()
+    # half the words attend; of those, `share` keep their posterior
+    expected = 0.5 + 0.5 * share
+    assert abs(used - expected) < 0.08
