@@ -69,7 +69,7 @@ def run(
     result = pipeline.train(cfg)
     seconds = time.perf_counter() - start
     model = result.model
-    _, held = split_by_verb(load_train(), holdout, seed, test_words())
+    kept, held = split_by_verb(load_train(), holdout, seed, test_words())
     bleu = bleu_on(model, pipeline.data.load_test(), samples=100, seed=seed)
     g = gaussian(model, draws=20, seed=seed)
     gb = gaussian(model, draws=20, seed=seed, method="beam", beam_width=4)
@@ -90,6 +90,7 @@ def run(
         "gaussian_anchored": ga["mean"],
         "distinct_anchored": ga["distinct_verbs_mean"],
         "unseen": exact_by_direction(model, held),
+        "trained": exact_by_direction(model, kept),
         "lemminflect": lemminflect_exact(held) if compare else None,
         "held_verbs": len(held),
         "examples": examples(model),
