@@ -54,7 +54,12 @@ def lemminflect_exact(quads) -> dict[str, float]:
 
 
 def run(
-    config_name: str, seed: int, overrides: list[str], holdout: float, compare: bool = True
+    config_name: str,
+    seed: int,
+    overrides: list[str],
+    holdout: float,
+    compare: bool = True,
+    trained: bool = False,
 ) -> dict:
     cfg = pipeline.load_config(
         config_name,
@@ -90,7 +95,7 @@ def run(
         "gaussian_anchored": ga["mean"],
         "distinct_anchored": ga["distinct_verbs_mean"],
         "unseen": exact_by_direction(model, held),
-        "trained": exact_by_direction(model, kept),
+        "trained": exact_by_direction(model, kept) if trained else None,  # sweeps show it
         "lemminflect": lemminflect_exact(held) if compare else None,
         "held_verbs": len(held),
         "examples": examples(model),

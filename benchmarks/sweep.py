@@ -41,7 +41,7 @@ def one(config: str, name: str, overrides: list[str], seed: int, holdout: float,
 
     start = time.perf_counter()
     try:
-        r = quality.run(config, seed, overrides, holdout, compare=False)
+        r = quality.run(config, seed, overrides, holdout, compare=False, trained=True)
     except Exception as e:  # one bad variant must not sink the sweep
         return {"variant": name, "seed": seed, "error": f"{type(e).__name__}: {e}"}
     r.update(variant=name, overrides=overrides, wall=time.perf_counter() - start)

@@ -126,20 +126,34 @@ def decode_latents(
     characters), so the four are forms of one verb as the model conjugates it. Where the
     simple present cannot be read back (empty, or too long), its forms stay as z wrote them."""
     model.eval()
+    z = z.to(model.device)
+    if not anchored:
+        return _four_forms(model, z, method, beam_width)
     n = z.size(0)
-    zz = z.to(model.device).repeat_interleave(4, dim=0)  # (4N, Z): four tenses per z
+    sp = torch.zeros(n, dtype=torch.long, device=model.device)
+    lemmas = _decode(model, model.init_decoder(z, sp), n, method, beam_width)
+    limit = max_word_length(model)
+    readable = [i for i, w in enumerate(lemmas) if 0 < len(w) <= limit]
+    words = [lemmas[i] for i in readable]
+    forms = [
+        convert(model, words, "sp", t, method=method, beam_width=beam_width) for t in TENSES[1:]
+    ]
+    quads: list[Quad | None] = [None] * n
+    for i, *rest in zip(readable, *forms, strict=True):
+        quads[i] = (lemmas[i], *rest)
+    unread = [i for i, q in enumerate(quads) if q is None]
+    if unread:
+        for i, q in zip(unread, _four_forms(model, z[unread], method, beam_width), strict=True):
+            quads[i] = q
+    return quads
+
+
+def _four_forms(model: TenseCVAE, z: torch.Tensor, method: str, beam_width: int) -> list[Quad]:
+    n = z.size(0)
+    zz = z.repeat_interleave(4, dim=0)  # (4N, Z): four tenses per z
     tenses = torch.arange(4, device=model.device).repeat(n)
     words = _decode(model, model.init_decoder(zz, tenses), 4 * n, method, beam_width)
-    quads = [list(words[4 * i : 4 * i + 4]) for i in range(n)]
-    if anchored:
-        limit = max_word_length(model)
-        readable = [i for i, q in enumerate(quads) if 0 < len(q[0]) <= limit]
-        lemmas = [quads[i][0] for i in readable]
-        for k in (1, 2, 3):
-            forms = convert(model, lemmas, "sp", TENSES[k], method=method, beam_width=beam_width)
-            for i, form in zip(readable, forms, strict=True):
-                quads[i][k] = form
-    return [tuple(q) for q in quads]
+    return [tuple(words[4 * i : 4 * i + 4]) for i in range(n)]
 
 
 def generate(

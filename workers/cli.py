@@ -110,15 +110,14 @@ def _submit(kind: str, params: dict[str, Any], args) -> int:
     return job_id
 
 
-def _run_here_if_nobody_listens(job_id: int):
+def _run_here_if_nobody_listens(job_id: int, queue: str):
     """In the no-server default, with no worker on the job's queue, run the job in this
     process, in a thread, exactly as a worker would; returns the thread or None."""
     import threading
 
-    from db.queries import get_job, workers_listening
+    from db.queries import workers_listening
     from workers import settings
 
-    queue = get_job(job_id, full=False)["queue"]
     if not settings.is_embedded_broker() or workers_listening(queue):
         return None
     from workers import runner
@@ -141,10 +140,11 @@ def _wait(job_id: int, quiet: bool) -> dict[str, Any]:
     from db.queries import get_job
     from workers.jobs import cancel
 
-    thread = _run_here_if_nobody_listens(job_id)
+    queue = get_job(job_id, full=False)["queue"]
+    thread = _run_here_if_nobody_listens(job_id, queue)
     if thread is None and not quiet:
         print(
-            f"waiting for a worker on queue {get_job(job_id, full=False)['queue']!r}",
+            f"waiting for a worker on queue {queue!r}",
             file=sys.stderr,
             flush=True,
         )
