@@ -33,6 +33,11 @@ class ModelConfig:
     # weights, mixed with the written distribution by a learned gate (a pointer-generator).
     # Words decoded without context never copy.
     copy: bool = False
+    # With attention: a learned bias on the attention's scores for each offset, up to this
+    # many characters either way, between a source character's place and the decoder's step
+    # (0: off). English inflects at the end of a word, so step t mostly reads character t;
+    # content alone loses its place in stems with repeated letters (withhold -> withold).
+    position_bias: int = 0
     # Slots of a learned memory the decoder reads z through (0: off). Each slot has a key
     # in z's space and a value; z reads the values weighted by a softmax of its (scaled)
     # squared distances to the keys, so nearby z read one slot and the space of z is cut
@@ -81,6 +86,11 @@ class TrainConfig:
     tf_end: float = 1.0  # ... and at the end
     tf_shape: str = "linear"  # constant, linear, cosine or step (halfway)
     word_dropout: float = 0.0  # share of decoder input characters replaced by <unk>
+    # With attention: a share of each batch's pairs added again under made-up stems (letters
+    # the source and target share changed alike, the last 3 spared; pipeline.data
+    # .made_up_stems), always decoded with attention and z from the prior: verbs no one has
+    # seen, which only copying the stem gets right. 0: off.
+    made_up_stems: float = 0.0
     val_fraction: float = 0.0  # share of verbs held out for validation (split by verb)
     max_lines: int = 0  # train on the first N lines only (smoke tests); 0: all
     select: str = "last"  # which epoch's weights to keep: last, or best on val_exact / bleu4
@@ -177,6 +187,11 @@ def validate(cfg: Config) -> None:
             "model.context_posterior_share must lie in [0, 1]",
         ),
         (m.max_length >= 2, "model.max_length must be at least 2"),
+        (m.position_bias >= 0, "model.position_bias must be >= 0"),
+        (
+            m.position_bias == 0 or m.attention,
+            "model.position_bias needs model.attention",
+        ),
         (
             m.latent_memory >= 0 and m.latent_memory_size >= 1,
             "model.latent_memory must be >= 0 and model.latent_memory_size >= 1",
@@ -198,6 +213,11 @@ def validate(cfg: Config) -> None:
         ),
         (0 <= t.tf_start <= 1 and 0 <= t.tf_end <= 1, "teacher-forcing ratios must lie in [0, 1]"),
         (0 <= t.word_dropout < 1, "train.word_dropout must lie in [0, 1)"),
+        (0 <= t.made_up_stems <= 1, "train.made_up_stems must lie in [0, 1]"),
+        (
+            t.made_up_stems == 0 or m.attention,
+            "train.made_up_stems needs model.attention",
+        ),
         (0 <= t.val_fraction < 1, "train.val_fraction must lie in [0, 1)"),
         (t.max_lines >= 0, "train.max_lines must be >= 0"),
         (

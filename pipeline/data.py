@@ -208,6 +208,58 @@ class Batch:
         return Batch(*(t.to(device) for t in vars(self).values()))
 
 
+# Letters a made-up stem draws from, each in its own class so that the spelling rules that
+# hang on consonants and vowels still hold; y is never drawn or replaced (flies, flied).
+STEM_VOWELS = "aeiou"
+STEM_CONSONANTS = "bcdfghjklmnpqrstvwxz"
+
+
+def made_up_stems(
+    b: Batch,
+    vocab: Vocab,
+    share: float,
+    generator: torch.Generator,
+    spare: int = 3,
+    rate: float = 0.5,
+) -> tuple[Batch, int]:
+    """The batch with a ``share`` of its pairs appended again under made-up stems, and how
+    many were appended. Of the letters the source and target share from their start, all but
+    the last ``spare`` may change (each with probability ``rate``, a vowel to a vowel, a
+    consonant to a consonant), identically in both: "withhold -> withholds" may come back as
+    "wuthhold -> wuthholds". What changes is only ever copied, so a model can get these
+    pairs right only by reading the stem, never by remembering the verb; the letters at the
+    end, where English inflects, stay as they were (stop -> stopped keeps its "op")."""
+    pick = (torch.rand(b.src.size(0), generator=generator) < share).nonzero().squeeze(1)
+    n = pick.numel()
+    if n == 0:
+        return b, 0
+    src, tgt_in, tgt_out = b.src[pick].clone(), b.tgt_in[pick].clone(), b.tgt_out[pick].clone()
+    W = min(src.size(1), tgt_out.size(1) - 1)
+    head, target = src[:, :W], tgt_out[:, :W]
+    shared = ((head == target) & (head != PAD)).long().cumprod(1).sum(1)  # common prefix
+    movable = torch.arange(W) < (shared - spare).unsqueeze(1)
+    vowels = torch.tensor(vocab.encode(STEM_VOWELS))
+    consonants = torch.tensor(vocab.encode(STEM_CONSONANTS))
+    is_vowel, is_consonant = torch.isin(head, vowels), torch.isin(head, consonants)
+    flip = movable & (is_vowel | is_consonant) & (torch.rand(n, W, generator=generator) < rate)
+    new = torch.where(
+        is_vowel,
+        vowels[torch.randint(len(vowels), (n, W), generator=generator)],
+        consonants[torch.randint(len(consonants), (n, W), generator=generator)],
+    )
+    src[:, :W] = torch.where(flip, new, head)
+    tgt_out[:, :W] = torch.where(flip, new, target)
+    tgt_in[:, 1 : W + 1] = torch.where(flip, new, tgt_in[:, 1 : W + 1])
+    return Batch(
+        torch.cat([b.src, src]),
+        torch.cat([b.src_len, b.src_len[pick]]),
+        torch.cat([b.src_tense, b.src_tense[pick]]),
+        torch.cat([b.tgt_in, tgt_in]),
+        torch.cat([b.tgt_out, tgt_out]),
+        torch.cat([b.tgt_tense, b.tgt_tense[pick]]),
+    ), n
+
+
 def pad(seqs: Sequence[Sequence[int]], value: int = PAD) -> torch.Tensor:
     width = max(len(s) for s in seqs)
     return torch.tensor([[*s, *([value] * (width - len(s)))] for s in seqs], dtype=torch.long)

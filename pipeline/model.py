@@ -36,6 +36,10 @@ class DecoderState:
     pre: torch.Tensor | None = None  # (B, 4H) the gates' share from z, tense and biases
     cell: CellWeights | None = None  # the same for every row, so select leaves it alone
     src: torch.Tensor | None = None  # (B, S) source ids where the model copies
+    # (T, S) the attention's position bias at each step, the same for every row; and the
+    # step decode_step takes next
+    position: torch.Tensor | None = None
+    step: int = 0
 
     def select(self, index: torch.Tensor) -> DecoderState:
         def pick(t, dim=0):
@@ -52,6 +56,8 @@ class DecoderState:
             pick(self.pre),
             self.cell,
             pick(self.src),
+            self.position,
+            self.step,
         )
 
     def reorder(self, index: torch.Tensor) -> DecoderState:
@@ -117,6 +123,9 @@ class TenseCVAE(nn.Module):
             self.combine = nn.Linear(H + enc_out + 1, H)
             if c.copy:
                 self.copy_gate = nn.Linear(H, 1)
+            if c.position_bias:
+                # zeros: no draw from the random stream, and training starts from content alone
+                self.position_bias = nn.Parameter(torch.zeros(2 * c.position_bias + 1))
         self.out = nn.Linear(H, vocab.size)
         self.drop = nn.Dropout(c.dropout)
 
@@ -175,9 +184,11 @@ class TenseCVAE(nn.Module):
                 flag = (
                     z.new_ones(B, 1) if use_context is None else use_context.to(z.dtype).view(B, 1)
                 )
-        pre = cell = None
+        pre = cell = position = None
         if self.config.attention:
             pre, cell = self._cell_weights(cond)
+            if self.config.position_bias:
+                position = self.position_scores(self.config.max_length + 1, memory.size(1))
         return DecoderState(
             h0.unsqueeze(0).contiguous(),
             c0.unsqueeze(0).contiguous(),
@@ -189,7 +200,16 @@ class TenseCVAE(nn.Module):
             pre,
             cell,
             src if self.config.copy else None,
+            position,
         )
+
+    def position_scores(self, steps: int, length: int) -> torch.Tensor:
+        """(steps, length): the learned bias of source character j at decoder step t, by
+        their offset j - t; offsets beyond the table's reach share its end values."""
+        K = self.config.position_bias
+        device = self.position_bias.device
+        offset = torch.arange(length, device=device) - torch.arange(steps, device=device)[:, None]
+        return self.position_bias[offset.clamp(-K, K) + K]
 
     def read_memory(self, z: torch.Tensor) -> torch.Tensor:
         """The memory's values (B, D) weighted by softmax(-scale * |z - key|^2)."""
@@ -219,7 +239,9 @@ class TenseCVAE(nn.Module):
             x = torch.cat([x, cond.unsqueeze(1).expand(-1, x.size(1), -1)], dim=-1)
         return x
 
-    def _attend(self, out: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, torch.Tensor]:
+    def _attend(
+        self, out: torch.Tensor, state: DecoderState, position: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The attentional output (B, H) for one decoder output (B, H), and the attention's
         weights over the source (B, S); the context is zeroed, and flagged so, where the
         decoder may not attend. In training, broadcast products: with one query per row the
@@ -232,6 +254,8 @@ class TenseCVAE(nn.Module):
             scores = (memory * key.unsqueeze(1)).sum(-1)
         else:
             scores = torch.bmm(memory, key.unsqueeze(2)).squeeze(2)
+        if position is not None:  # (S,): this step's bias by place in the source
+            scores = scores + position
         scores = scores.masked_fill(~state.mask, float("-inf"))
         weights = torch.softmax(scores, dim=-1)
         if broadcast:
@@ -262,8 +286,11 @@ class TenseCVAE(nn.Module):
             x = F.linear(self.drop(self.chars(tokens)), state.cell.chars)  # (B, T, 4H)
             xs = (x + state.pre.unsqueeze(1)).unbind(1)
             h, c, feed, step_state = state.h[0], state.c[0], state.feed, state
+            positions = [None] * T
+            if state.position is not None:
+                positions = self.position_scores(T, state.memory.size(1)).unbind(0)
             outs, weights = [], []
-            for x_t, n in zip(xs, counts, strict=True):
+            for x_t, n, position in zip(xs, counts, positions, strict=True):
                 if n < h.size(0):
                     h, c, feed = h[:n], c[:n], feed[:n]
                     step_state = replace(
@@ -272,7 +299,7 @@ class TenseCVAE(nn.Module):
                         mask=state.mask[:n],
                         use_context=state.use_context[:n],
                     )
-                h, c, feed, w = self._advance(x_t[:n], None, h, c, feed, step_state)
+                h, c, feed, w = self._advance(x_t[:n], None, h, c, feed, step_state, position)
                 outs.append(F.pad(feed, (0, 0, 0, B - n)))
                 weights.append(F.pad(w, (0, 0, 0, B - n)))
             stacked = torch.stack(outs, dim=1)
@@ -295,19 +322,24 @@ class TenseCVAE(nn.Module):
             x = F.linear(self.drop(self.chars(tokens)), cell.chars)
         else:
             x = F.embedding(tokens, cell.table)
-        h, c, feed, w = self._advance(state.pre, x, state.h[0], state.c[0], state.feed, state)
+        position = None
+        if state.position is not None:
+            position = state.position[min(state.step, state.position.size(0) - 1)]
+        h, c, feed, w = self._advance(
+            state.pre, x, state.h[0], state.c[0], state.feed, state, position
+        )
         return self._output(feed, w, state), replace(
-            state, h=h.unsqueeze(0), c=c.unsqueeze(0), feed=feed
+            state, h=h.unsqueeze(0), c=c.unsqueeze(0), feed=feed, step=state.step + 1
         )
 
-    def _advance(self, base, extra, h, c, feed, state: DecoderState):
+    def _advance(self, base, extra, h, c, feed, state: DecoderState, position=None):
         """One attending step from the gates' fixed share ``base`` (plus ``extra`` where it
         comes separately): h, c and the attentional output that is fed to the next step."""
         gates = torch.addmm(base, torch.cat([feed, h], dim=1), state.cell.recurrent.t())
         if extra is not None:
             gates += extra  # in place: addmm keeps no copy of its output for backward
         h, c = lstm_cell(gates, c)
-        return h, c, *self._attend(self.drop(h), state)
+        return h, c, *self._attend(self.drop(h), state, position)
 
     def _output(self, feed: torch.Tensor, weights, state: DecoderState) -> torch.Tensor:
         """Scores over the vocabulary from attentional outputs (B, [T,] H). Where the model

@@ -20,6 +20,7 @@ from .data import (
     encode_sources,
     load_test,
     load_train,
+    made_up_stems,
     make_batch,
     make_pairs,
     split_by_verb,
@@ -269,6 +270,9 @@ class Trainer:
         tf = teacher_forcing(
             self.step, self.total_steps, start=t.tf_start, end=t.tf_end, shape=t.tf_shape
         )
+        made_up = 0
+        if t.made_up_stems > 0 and m.config.attention:
+            b, made_up = made_up_stems(b, m.vocab, t.made_up_stems, self.generator)
         post = m.encode(b.src, b.src_len, b.src_tense)
         if t.prior_weight > 0 and self._bank is not None:
             self._update_bank(b, post.mu, post.logvar)
@@ -276,6 +280,8 @@ class Trainer:
         use_context = posterior_used = None
         if m.config.attention:
             keep = torch.rand(z.size(0), generator=self.generator) >= m.config.context_dropout
+            if made_up:  # made-up stems can only be copied: they always attend
+                keep[z.size(0) - made_up :] = True
             use_context = keep.to(z.device)
             if m.config.context_prior_z:
                 noise = torch.randn(z.shape, generator=self.generator).to(z.device)

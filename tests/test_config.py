@@ -37,6 +37,10 @@ def test_overrides():
         (["mmd_weight=-1"], "mmd_weight"),
         (["free_nats=-0.5"], "free_nats"),
         (["context_posterior_share=1.5"], "context_posterior_share"),
+        (["position_bias=-1"], "position_bias must be >= 0"),
+        (["position_bias=3"], "position_bias needs model.attention"),
+        (["made_up_stems=2"], "made_up_stems must lie"),
+        (["made_up_stems=0.2"], "made_up_stems needs model.attention"),
     ],
 )
 def test_bad_overrides(overrides, message):

@@ -1,6 +1,7 @@
 import hashlib
 
 import pytest
+import torch
 
 from pipeline.data import (
     bundled,
@@ -114,3 +115,42 @@ def test_pairs_and_padded_batches():
     assert b.tgt_in[:, 0].tolist() == [SOS, SOS]
     assert b.tgt_out[0, 6] == EOS and b.tgt_out[1, 4] == EOS and b.tgt_out[1, 5] == PAD
     assert b.tgt_in.shape == b.tgt_out.shape
+
+
+def test_made_up_stems_change_shared_letters_alike_and_spare_the_end():
+    from pipeline.data import STEM_CONSONANTS, STEM_VOWELS, made_up_stems
+
+    vocab = Vocab()
+    pairs = [
+        ("withhold", 0, "withholds", 1),
+        ("stop", 0, "stopped", 3),
+        ("take", 0, "took", 3),
+        ("abandoning", 2, "abandoned", 3),
+    ] * 50
+    b = make_batch(pairs, vocab)
+    g = torch.Generator().manual_seed(0)
+    out, n = made_up_stems(b, vocab, 0.5, g)
+    assert 60 < n < 140 and out.src.size(0) == len(pairs) + n
+    for field in ("src", "src_len", "src_tense", "tgt_in", "tgt_out", "tgt_tense"):
+        assert torch.equal(getattr(out, field)[: len(pairs)], getattr(b, field))
+    changed = 0
+    for i in range(len(pairs), len(pairs) + n):
+        src = vocab.decode(out.src[i].tolist())
+        tgt = vocab.decode(out.tgt_out[i].tolist())
+        assert vocab.decode(out.tgt_in[i, 1:].tolist()) == tgt  # <s> + target, shifted
+        real = next(p for p in pairs if len(p[0]) == len(src) and p[2][-3:] == tgt[-3:])
+        assert len(tgt) == len(real[2]) and int(out.src_len[i]) == len(src)
+        shared = next(
+            (k for k, (a, c) in enumerate(zip(real[0], real[2], strict=False)) if a != c),
+            min(len(real[0]), len(real[2])),
+        )
+        for k, (a, r) in enumerate(zip(src, real[0], strict=True)):
+            if a != r:
+                changed += 1
+                assert k < shared - 3 and tgt[k] == a  # the same letter in the target
+                assert (a in STEM_VOWELS) == (r in STEM_VOWELS)
+                assert a in STEM_VOWELS + STEM_CONSONANTS
+        assert src[max(0, shared - 3) :] == real[0][max(0, shared - 3) :]
+        assert tgt[max(0, shared - 3) :] == real[2][max(0, shared - 3) :]
+    assert changed > n  # withhold and abandoning have 5 and 4 letters that may change
+    assert made_up_stems(b, vocab, 0.0, g) == (b, 0)

@@ -23,6 +23,7 @@ def test_shapes_and_losses():
         {"attention": True, "bidirectional": True, "decoder_input_z": True},
         {"attention": True, "decoder_input_z": True, "latent_memory": 5, "latent_memory_size": 6},
         {"attention": True, "bidirectional": True, "copy": True},
+        {"attention": True, "copy": True, "position_bias": 2},
     ):
         m = _model(**kw)
         b = make_batch(PAIRS, m.vocab)
@@ -64,8 +65,12 @@ def test_teacher_forced_and_step_by_step_decoding_agree():
         {"attention": True, "decoder_input_z": True},
         {"attention": True, "decoder_input_z": True, "latent_memory": 5},
         {"attention": True, "decoder_input_z": True, "copy": True},
+        {"attention": True, "copy": True, "position_bias": 3},
     ):
         m = _model(**kw)
+        if kw.get("position_bias"):  # a bias that differs by offset, so steps must keep count
+            with torch.no_grad():
+                m.position_bias.copy_(torch.linspace(-2.0, 3.0, m.position_bias.numel()))
         b = make_batch(PAIRS, m.vocab)
         post = m.encode(b.src, b.src_len, b.src_tense)
         state = m.init_decoder(post.mu, b.tgt_tense, post)
@@ -118,6 +123,28 @@ def test_copying_puts_the_gates_share_on_the_source_characters():
         assert torch.allclose(never_copying[live], m.decode(b.tgt_in, shut)[live], atol=1e-5)
         noise = m.decode(b.tgt_in, m.init_decoder(post.mu, b.tgt_tense))
         assert torch.allclose(noise.exp().sum(-1)[live], torch.ones(int(live.sum())), atol=1e-4)
+
+
+def test_position_bias_lets_step_t_read_source_character_t():
+    m = _model(attention=True, copy=True, position_bias=2)
+    b = make_batch(PAIRS, m.vocab)
+    post = m.encode(b.src, b.src_len, b.src_tense)
+    with torch.no_grad():
+        assert m.position_scores(4, 5).shape == (4, 5)
+        assert float(m.position_scores(4, 5).abs().sum()) == 0.0  # content alone until trained
+        m.position_bias.copy_(torch.tensor([0.0, 0.0, 60.0, 0.0, 0.0]))  # offset 0 only
+        state = m.init_decoder(post.mu, b.tgt_tense, post)
+        query = torch.randn(3, 16)
+        for t in range(2):  # "walk", "go" and "abandoning" all have two letters
+            _, weights = m._attend(query, state, state.position[t])
+            assert (weights.argmax(-1) == t).all() and weights.max(-1).values.min() > 0.99
+        # decode_step keeps count of its steps, so step t gets row t of the bias
+        for t in range(3):
+            assert state.step == t
+            _, state = m.decode_step(b.tgt_in[:, t], state)
+        # offsets past the table's reach share its end values
+        far = m.position_scores(1, 9)[0]
+        assert torch.equal(far[2:], torch.zeros(7)) and float(far[0]) == 60.0
 
 
 class FakeModel:

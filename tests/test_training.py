@@ -1,5 +1,6 @@
 import itertools
 import json
+import math
 
 import pytest
 import torch
@@ -299,3 +300,34 @@ def test_attending_words_keep_their_posterior_at_the_share_asked(tiny_config, sh
     # half the words attend; of those, `share` keep their posterior
     expected = 0.5 + 0.5 * share
     assert abs(used - expected) < 0.08
+
+
+def test_made_up_stems_join_the_batch_and_always_attend(tiny_config, monkeypatch):
+    """With no word attending (context_dropout 1), the made-up copies are the only rows that
+    do, and the only ones whose z comes from the prior: the KL term never sees them."""
+    from pipeline import training
+
+    cfg = tiny_config.replace(
+        model={"context_dropout": 1.0},
+        train={"prior_weight": 0.0, "made_up_stems": 0.5},
+    )
+    trainer = training.Trainer(cfg, pipeline.data.load_train(), torch.device("cpu"))
+    seen = []
+    real = training.Trainer._kl
+
+    def spy(mu, logvar, used):
+        seen.append(used)
+        return real(mu, logvar, used)
+
+    monkeypatch.setattr(training.Trainer, "_kl", staticmethod(spy))
+    gen = torch.Generator().manual_seed(0)
+    words = 0
+    for b in itertools.islice(training.batches(trainer.pairs, trainer.model.vocab, 256, gen), 3):
+        words += b.src.size(0)
+        figures = trainer.train_step(b)
+        assert math.isfinite(figures["loss"])
+    rows = torch.cat(seen)
+    made_up = int((~rows).sum())
+    assert rows.numel() == words + made_up and 0.4 < made_up / words < 0.6
+    # made-up rows come after the words of their batch, so each batch ends in them
+    assert all(bool(u[: len(u) - int((~u).sum())].all()) for u in seen)
