@@ -111,6 +111,19 @@ def test_bad_bulk_files(tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "setting", "value"),
+    [
+        (["worker"], "TENSEVAE_HEARTBEAT", "-1"),
+        (["worker"], "TENSEVAE_TIME_LIMIT_TRAIN", "1h"),
+        (["generate", "-n", "1", "--wait"], "TENSEVAE_EMBEDDED_POLL", "fast"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it(tmp_path, args, setting, value):
+    line = one_line_error(tv(*args, home=tmp_path, env={setting: value}))
+    assert setting in line and repr(value) in line
+
+
 def test_unreachable_database_is_one_line(tmp_path):
     env = {"TENSEVAE_DATABASE_URL": "postgresql://someone:s3cret@127.0.0.1:1/nowhere"}
     line = one_line_error(tv("jobs", home=tmp_path, env=env))

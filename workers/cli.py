@@ -531,6 +531,7 @@ def _show_queue(status: dict[str, Any]) -> None:
 def cmd_worker(args) -> int:
     from workers import settings
 
+    settings.check()
     _ensure_db()
     queues = args.queues or ",".join(settings.all_queues())
     from workers.app import app
@@ -743,6 +744,8 @@ def parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [UserError]
     mods = sys.modules
+    if "workers.settings" in mods:
+        errors.append(mods["workers.settings"].SettingError)
     if "pipeline.errors" in mods:
         errors.append(mods["pipeline.errors"].TenseVAEError)
     if "db.migrate" in mods:

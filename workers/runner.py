@@ -47,7 +47,7 @@ def claim(job_id: int, worker: str) -> Job | None:
 
 
 def _claim(s, job_id: int, worker: str) -> Job | None:
-    stale = utcnow() - timedelta(seconds=settings.STALE_AFTER_S)
+    stale = utcnow() - timedelta(seconds=settings.stale_after_s())
     now = utcnow()
     took = s.execute(
         update(Job)
@@ -166,7 +166,7 @@ def start_heartbeat(name: str, queues: list[str]) -> None:
         )
 
     def loop():
-        while not _beat.stop.wait(settings.HEARTBEAT_S):
+        while not _beat.stop.wait(settings.heartbeat_s()):
             try:
                 current = _beat.current
                 with session() as s:
@@ -204,7 +204,7 @@ def stop_heartbeat() -> None:
 def requeue_stale(queues: list[str]) -> list[int]:
     """Jobs of these queues left running by a dead worker go back to queued and are sent
     again; the runner resumes training from the last checkpoint."""
-    stale = utcnow() - timedelta(seconds=settings.STALE_AFTER_S)
+    stale = utcnow() - timedelta(seconds=settings.stale_after_s())
     with session() as s:
         ids = list(
             s.scalars(
@@ -239,7 +239,7 @@ def resend_lost(queues: list[str], older_than_s: float | None = None) -> list[in
     import redis
 
     r = redis.Redis.from_url(settings.broker_url(), socket_timeout=5)
-    age = settings.RESEND_AFTER_S if older_than_s is None else older_than_s
+    age = settings.resend_after_s() if older_than_s is None else older_than_s
     before = utcnow() - timedelta(seconds=age)
     sent = []
     for q in queues:
