@@ -68,6 +68,21 @@ def train_rate(config, batches: int, repeats: int, device: torch.device) -> tupl
         return z, b
 
     trainer._prior_draws = recording_draw
+    # So are the made-up stems (train.made_up_stems): rows appended to the batch.
+    from types import SimpleNamespace
+
+    from pipeline import training
+
+    made_up: list = []
+    real_made_up = training.made_up_stems
+
+    def recording_made_up(b, *args, **kwargs):
+        out, n = real_made_up(b, *args, **kwargs)
+        if n:
+            made_up.append(SimpleNamespace(src_len=out.src_len[-n:], tgt_out=out.tgt_out[-n:]))
+        return out, n
+
+    training.made_up_stems = recording_made_up
     trainer.model.train()
     for b in data[:3]:
         trainer.train_step(b)
@@ -77,6 +92,7 @@ def train_rate(config, batches: int, repeats: int, device: torch.device) -> tupl
         chosen = data[3 + r * batches : 3 + (r + 1) * batches]
         words = sum(b.src.size(0) for b in chosen)
         drawn.clear()
+        made_up.clear()
         start = time.perf_counter()
         for b in chosen:
             trainer.train_step(b)
@@ -84,7 +100,9 @@ def train_rate(config, batches: int, repeats: int, device: torch.device) -> tupl
         rates.append(words / (time.perf_counter() - start))
         work = sum(step_flops(config.model, b) for b in chosen)
         work += sum(prior_flops(config.model, b) for b in drawn)
+        work += sum(step_flops(config.model, b) for b in made_up)
         flops.append(work / words)
+    training.made_up_stems = real_made_up
     return med(rates), statistics.fmean(flops)
 
 

@@ -57,6 +57,8 @@ class TrainConfig:
     pairs: str = "same"  # same: word -> itself (the lab); cross: the 12 conversions; all: both
     optimizer: str = "adam"  # adam, adamw or sgd
     lr: float = 0.001
+    lr_schedule: str = "constant"  # constant, or cosine: decays to lr_floor * lr by the end
+    lr_floor: float = 0.05
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
     kl_schedule: str = "monotonic"  # constant, monotonic or cyclical
@@ -201,6 +203,11 @@ def validate(cfg: Config) -> None:
         (t.pairs in ("same", "cross", "all"), "train.pairs must be same, cross or all"),
         (t.optimizer in ("adam", "adamw", "sgd"), "train.optimizer must be adam, adamw or sgd"),
         (t.lr > 0, "train.lr must be positive"),
+        (
+            t.lr_schedule in ("constant", "cosine"),
+            "train.lr_schedule must be constant or cosine",
+        ),
+        (0 <= t.lr_floor <= 1, "train.lr_floor must lie in [0, 1]"),
         (
             t.kl_schedule in ("constant", "monotonic", "cyclical"),
             "train.kl_schedule must be constant, monotonic or cyclical",

@@ -1,4 +1,4 @@
-"""KL-weight and teacher-forcing schedules: pure functions of the training step."""
+"""KL-weight, teacher-forcing and learning-rate schedules: pure functions of the training step."""
 
 from __future__ import annotations
 
@@ -45,3 +45,15 @@ def teacher_forcing(step: int, total_steps: int, *, start: float, end: float, sh
     if shape == "step":
         return start if progress < 0.5 else end
     raise ValueError(f"unknown teacher-forcing shape {shape!r}")
+
+
+def learning_rate(step: int, total_steps: int, *, lr: float, schedule: str, floor: float) -> float:
+    """The optimizer's learning rate at ``step``. constant: ``lr`` throughout. cosine: from
+    ``lr`` down to ``floor * lr`` along half a cosine over training, so the last epochs take
+    small steps and the weights kept at the end are not caught mid-swing."""
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        progress = min(1.0, step / max(1, total_steps - 1))
+        return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}")

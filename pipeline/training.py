@@ -29,7 +29,7 @@ from .data import (
 from .errors import ConfigError, TrainingDiverged
 from .evaluate import bleu_on, exact_by_direction, gaussian
 from .model import Posterior, TenseCVAE, kl_divergence, mmd, reconstruction_loss
-from .schedules import kl_weight, teacher_forcing
+from .schedules import kl_weight, learning_rate, teacher_forcing
 from .vocab import PAD, UNK, Vocab
 
 
@@ -318,6 +318,11 @@ class Trainer:
             raise TrainingDiverged(
                 f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step}"
             )
+        rate = learning_rate(
+            self.step, self.total_steps, lr=t.lr, schedule=t.lr_schedule, floor=t.lr_floor
+        )
+        for group in self.optimizer.param_groups:  # from the step count, so resumes agree
+            group["lr"] = rate
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip > 0:
@@ -330,6 +335,7 @@ class Trainer:
             "kl": kl_dims.sum().item(),
             "beta": beta,
             "teacher_forcing": tf,
+            "lr": rate,
             **extra,
         }
 

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -87,3 +88,15 @@ def test_teacher_forcing_schedules():
     assert teacher_forcing(49, 101, start=1.0, end=0.0, shape="step") == 1.0
     assert teacher_forcing(50, 101, start=1.0, end=0.0, shape="step") == 0.0
     assert teacher_forcing(70, 101, start=0.9, end=0.0, shape="constant") == 0.9
+
+
+def test_learning_rate_schedules():
+    from pipeline.schedules import learning_rate
+
+    assert learning_rate(7, 100, lr=0.002, schedule="constant", floor=0.05) == 0.002
+    rates = [learning_rate(s, 101, lr=0.002, schedule="cosine", floor=0.05) for s in range(101)]
+    assert rates[0] == pytest.approx(0.002) and rates[-1] == pytest.approx(0.0001)
+    assert rates[50] == pytest.approx(0.002 * (0.05 + 0.95 * 0.5))
+    assert all(a >= b for a, b in itertools.pairwise(rates))
+    with pytest.raises(ValueError, match="learning-rate schedule"):
+        learning_rate(0, 10, lr=1.0, schedule="step", floor=0.0)

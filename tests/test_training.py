@@ -331,3 +331,12 @@ def test_made_up_stems_join_the_batch_and_always_attend(tiny_config, monkeypatch
     assert rows.numel() == words + made_up and 0.4 < made_up / words < 0.6
     # made-up rows come after the words of their batch, so each batch ends in them
     assert all(bool(u[: len(u) - int((~u).sum())].all()) for u in seen)
+
+
+def test_the_optimizer_follows_the_learning_rate_schedule(tiny_config):
+    cfg = tiny_config.replace(train={"lr_schedule": "cosine", "lr_floor": 0.1, "max_lines": 100})
+    lr = cfg.train.lr
+    # over one epoch the mean rate of a half cosine from lr to 0.1 lr is about 0.55 lr
+    assert 0.45 * lr < pipeline.train(cfg).history[-1]["lr"] < 0.65 * lr
+    flat = cfg.replace(train={"lr_schedule": "constant"})
+    assert pipeline.train(flat).history[-1]["lr"] == pytest.approx(lr)
