@@ -274,6 +274,21 @@ def test_the_mmd_penalty_and_free_nats_train_and_are_reported(tiny_config):
     assert "mmd" not in plain.history[0] and plain.history[0]["loss"] != figures["loss"]
 
 
+def _spy_on_kl(monkeypatch) -> list:
+    """Each training step's mask of the words whose posterior z carries the KL term."""
+    from pipeline import training
+
+    seen = []
+    real = training.Trainer._kl
+
+    def spy(mu, logvar, used):
+        seen.append(used)
+        return real(mu, logvar, used)
+
+    monkeypatch.setattr(training.Trainer, "_kl", staticmethod(spy))
+    return seen
+
+
 @pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
 def test_attending_words_keep_their_posterior_at_the_share_asked(tiny_config, share, monkeypatch):
     """context_prior_z gives attending words prior noise; context_posterior_share lets that
@@ -285,14 +300,7 @@ def test_attending_words_keep_their_posterior_at_the_share_asked(tiny_config, sh
         train={"prior_weight": 0.0},
     )
     trainer = training.Trainer(cfg, pipeline.data.load_train(), torch.device("cpu"))
-    seen = []
-    real = training.Trainer._kl
-
-    def spy(mu, logvar, used):
-        seen.append(used)
-        return real(mu, logvar, used)
-
-    monkeypatch.setattr(training.Trainer, "_kl", staticmethod(spy))
+    seen = _spy_on_kl(monkeypatch)
     gen = torch.Generator().manual_seed(0)
     for b in itertools.islice(training.batches(trainer.pairs, trainer.model.vocab, 256, gen), 4):
         trainer.train_step(b)
@@ -312,14 +320,7 @@ def test_made_up_stems_join_the_batch_and_always_attend(tiny_config, monkeypatch
         train={"prior_weight": 0.0, "made_up_stems": 0.5},
     )
     trainer = training.Trainer(cfg, pipeline.data.load_train(), torch.device("cpu"))
-    seen = []
-    real = training.Trainer._kl
-
-    def spy(mu, logvar, used):
-        seen.append(used)
-        return real(mu, logvar, used)
-
-    monkeypatch.setattr(training.Trainer, "_kl", staticmethod(spy))
+    seen = _spy_on_kl(monkeypatch)
     gen = torch.Generator().manual_seed(0)
     words = 0
     for b in itertools.islice(training.batches(trainer.pairs, trainer.model.vocab, 256, gen), 3):
