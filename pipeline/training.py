@@ -271,7 +271,7 @@ class Trainer:
             self.step, self.total_steps, start=t.tf_start, end=t.tf_end, shape=t.tf_shape
         )
         made_up = 0
-        if t.made_up_stems > 0 and m.config.attention:
+        if t.made_up_stems > 0:  # validated to come with attention
             b, made_up = made_up_stems(b, m.vocab, t.made_up_stems, self.generator)
         post = m.encode(b.src, b.src_len, b.src_tense)
         if t.prior_weight > 0 and self._bank is not None:
