@@ -14,9 +14,19 @@ from .vocab import EOS, PAD, SOS
 Step = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]
 
 
-def greedy(step: Step, state: Any, batch: int, max_length: int, device=None) -> torch.Tensor:
-    """Token ids (B, <= max_length); each row ends at its first EOS, then PAD."""
-    return _run(step, state, batch, max_length, device, lambda logits: logits.argmax(-1))
+def greedy(
+    step: Step,
+    state: Any,
+    batch: int,
+    max_length: int,
+    device=None,
+    margins: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Token ids (B, <= max_length); each row ends at its first EOS, then PAD.
+
+    ``margins`` (B,), if given, is lowered in place to each row's closest call: the
+    smallest gap, over the steps it wrote, between its best and second-best score."""
+    return _run(step, state, batch, max_length, device, lambda logits: logits.argmax(-1), margins)
 
 
 def sample(
@@ -35,7 +45,7 @@ def sample(
     return _run(step, state, batch, max_length, device, pick)
 
 
-def _run(step, state, batch, max_length, device, pick) -> torch.Tensor:
+def _run(step, state, batch, max_length, device, pick, margins=None) -> torch.Tensor:
     """Decode until every row has written EOS. Rows that have finished are dropped from the
     batch once they are a quarter of it (where the state can ``select``), so short words do
     not pay for the longest word's steps."""
@@ -47,6 +57,10 @@ def _run(step, state, batch, max_length, device, pick) -> torch.Tensor:
     written = 0  # steps taken
     while written < max_length:
         logits, state = step(tokens, state)
+        if margins is not None:
+            top = logits.topk(2, dim=-1).values
+            gap = (top[:, 0] - top[:, 1]).masked_fill(done, float("inf"))
+            margins[rows] = torch.minimum(margins[rows], gap.to(margins.dtype))
         tokens = pick(logits).masked_fill(done, PAD)
         out[rows, written] = tokens
         written += 1

@@ -62,15 +62,48 @@ def convert(
 ) -> list[str]:
     """Convert each word from tense ``src`` to ``tgt`` (one tense, or one per word).
 
-    z is the posterior mean unless ``sample_z``; ``method`` is greedy or beam."""
+    z is the posterior mean unless ``sample_z``; ``method`` is greedy or beam. An int8 copy
+    (pipeline.quantize.int8) converts greedily from the posterior mean, and gives every word
+    that came close to a tie to its fp32 original: its output is fp32's."""
     words = check_words(model, words)
     s, t = _indices(src, len(words)), _indices(tgt, len(words))
+    reference = getattr(model, "reference", None)
+    if reference is not None and (method != "greedy" or sample_z):
+        raise ValueError("an int8 model converts greedily from the posterior mean only")
+    margins = None
+    if reference is not None:
+        margins = torch.full((len(words),), float("inf"))
+    out = _convert_all(model, words, s, t, method, beam_width, sample_z, generator, margins)
+    if reference is not None:
+        from .quantize import TIE_MARGIN
+
+        close = (margins < TIE_MARGIN).nonzero().squeeze(1).tolist()
+        model.redecoded = getattr(model, "redecoded", 0) + len(close)
+        if close:
+            again = _convert_all(
+                reference,
+                [words[i] for i in close],
+                [s[i] for i in close],
+                [t[i] for i in close],
+                method,
+                beam_width,
+                False,
+                None,
+                None,
+            )
+            for i, word in zip(close, again, strict=True):
+                out[i] = word
+    return out
+
+
+def _convert_all(model, words, s, t, method, beam_width, sample_z, generator, margins):
     model.eval()
     # Words of like length decode together: a chunk runs as many steps as its longest word.
     order = sorted(range(len(words)), key=lambda i: len(words[i]))
     out: list[str] = [""] * len(words)
     for i in range(0, len(words), CHUNK):
         part = order[i : i + CHUNK]
+        gaps = None if margins is None else torch.full((len(part),), float("inf"))
         done = _convert_chunk(
             model,
             [words[j] for j in part],
@@ -80,13 +113,18 @@ def convert(
             beam_width,
             sample_z,
             generator,
+            gaps,
         )
         for j, word in zip(part, done, strict=True):
             out[j] = word
+        if margins is not None:
+            margins[part] = gaps
     return out
 
 
-def _convert_chunk(model, words, s, t, method, beam_width, sample_z, generator) -> list[str]:
+def _convert_chunk(
+    model, words, s, t, method, beam_width, sample_z, generator, margins=None
+) -> list[str]:
     if not words:
         return []
     dev = model.device
@@ -94,17 +132,24 @@ def _convert_chunk(model, words, s, t, method, beam_width, sample_z, generator) 
     post = model.encode(ids.to(dev), lengths, torch.tensor(s, device=dev))
     z = model.reparameterize(post.mu, post.logvar, generator) if sample_z else post.mu
     state = model.init_decoder(z, torch.tensor(t, device=dev), post)
-    return _decode(model, state, len(words), method, beam_width)
+    return _decode(model, state, len(words), method, beam_width, margins)
 
 
-def _decode(model, state, n, method="greedy", beam_width=4) -> list[str]:
+def _decode(model, state, n, method="greedy", beam_width=4, margins=None) -> list[str]:
     limit = model.config.max_length
     if method == "beam":
         ids = decoding.beam(
             model.decode_step, state, n, limit, width=beam_width, device=model.device
         )
     elif method == "greedy":
-        ids = decoding.greedy(model.decode_step, state, n, limit, device=model.device)
+        ids = decoding.greedy(
+            model.decode_step,
+            state,
+            n,
+            limit,
+            device=model.device,
+            margins=margins,  # int8 copies, the only callers with margins, run on the CPU
+        )
     else:
         raise ValueError(f"unknown decoding method {method!r} (greedy or beam)")
     return [model.vocab.decode(row) for row in ids.tolist()]
@@ -125,6 +170,8 @@ def decode_latents(
     model's own conversions of it (through the encoder's posterior, attending to its
     characters), so the four are forms of one verb as the model conjugates it. Where the
     simple present cannot be read back (empty, or too long), its forms stay as z wrote them."""
+    if getattr(model, "reference", None) is not None:
+        raise ValueError("an int8 model converts words only; generate with its fp32 original")
     model.eval()
     z = z.to(model.device)
     if not anchored:

@@ -79,7 +79,9 @@ class CellWeights:
 
     chars: torch.Tensor  # (4H, C)
     table: torch.Tensor | None  # (V, 4H) chars' embeddings times their weights
-    recurrent: torch.Tensor  # (4H, H + H) for [feed, h]
+    recurrent: torch.Tensor | None  # (4H, H + H) for [feed, h]
+    # the same matrix quantized to int8 and packed, in a copy made by pipeline.quantize
+    recurrent_int8: object | None = None
 
 
 def lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,6 +130,9 @@ class TenseCVAE(nn.Module):
                 self.position_bias = nn.Parameter(torch.zeros(2 * c.position_bias + 1))
         self.out = nn.Linear(H, vocab.size)
         self.drop = nn.Dropout(c.dropout)
+        # Set by pipeline.quantize.int8 on its copy: the attending decoder's recurrent
+        # matrix packed for int8 products, and the fp32 model that copy was made from.
+        self.recurrent_int8 = None
 
     @property
     def device(self) -> torch.device:
@@ -230,6 +235,8 @@ class TenseCVAE(nn.Module):
         table = None
         if not (self.training and self.drop.p > 0):  # dropout needs the embeddings themselves
             table = F.linear(self.chars.weight, w[:, :C])
+        if self.recurrent_int8 is not None:
+            return pre, CellWeights(w[:, :C], table, None, self.recurrent_int8)
         recurrent = torch.cat([w[:, C + Zc :], d.weight_hh_l0], dim=1)
         return pre, CellWeights(w[:, :C], table, recurrent)
 
@@ -335,7 +342,11 @@ class TenseCVAE(nn.Module):
     def _advance(self, base, extra, h, c, feed, state: DecoderState, position=None):
         """One attending step from the gates' fixed share ``base`` (plus ``extra`` where it
         comes separately): h, c and the attentional output that is fed to the next step."""
-        gates = torch.addmm(base, torch.cat([feed, h], dim=1), state.cell.recurrent.t())
+        x, cell = torch.cat([feed, h], dim=1), state.cell
+        if cell.recurrent_int8 is not None:  # x is quantized to int8 on its range at each step
+            gates = torch.ops.quantized.linear_dynamic(x, cell.recurrent_int8, True) + base
+        else:
+            gates = torch.addmm(base, x, cell.recurrent.t())
         if extra is not None:
             gates += extra  # in place: addmm keeps no copy of its output for backward
         h, c = lstm_cell(gates, c)

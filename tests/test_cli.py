@@ -56,6 +56,14 @@ def test_one_off_conversion_with_the_shipped_model(tmp_path):
     assert out[1]["word"] == "Walk" and out[1]["to"] == "p"
 
 
+def test_one_off_int8_conversion(tmp_path):
+    args = ["convert", "abandon", "sing", "need", "symbolize", "--from", "sp", "--to", "p"]
+    p = tv(*args, "--int8", home=tmp_path, check=0)
+    assert p.stdout == tv(*args, home=tmp_path, check=0).stdout
+    assert p.stdout.split()[0] == "abandoned"
+    assert p.stderr == ""  # torch's deprecation notices about its int8 API are not shown
+
+
 def test_one_off_conversion_imports_no_job_system():
     code = (
         "import sys; from workers.cli import main; main(['convert', 'walk', '--from', 'sp', "
@@ -87,6 +95,7 @@ def test_one_off_conversion_imports_no_job_system():
         (["cancel", "424242"], "no job 424242"),
         (["worker", "--threads", "-1"], "--threads must be 0"),
         (["convert", "walk", "--from", "sp", "--to", "p", "--beam", "-1"], "--beam must be 0"),
+        (["convert", "walk", "--from", "sp", "--to", "p", "--int8", "--beam", "2"], "not both"),
         (["generate", "--beam", "100000"], "up to 64, not 100000"),
         (["evaluate", "--gaussian-beam", "-2"], "--gaussian-beam must be 0"),
     ],

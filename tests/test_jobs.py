@@ -83,6 +83,34 @@ def test_bulk_conversion_job_keeps_good_lines_and_records_bad_ones(backend, trai
     assert "unknown tense 'future'" in rows[3]["error"]
 
 
+def test_bulk_conversion_in_int8_and_by_beam_search(backend, trained):
+    """The options of a bulk job reach its worker: int8 writes fp32's words, and a beam
+    width is the width asked for."""
+    import pipeline
+    from db.queries import conversions
+    from workers.handlers import load_model
+    from workers.jobs import submit
+
+    model_id = trained["result"]["model_id"]
+    words = ["abandon", "walk", "sing", "need", "symbolize", "withhold"]
+    requests = [[i + 1, w, "sp", "pg"] for i, w in enumerate(words)]
+    model = load_model(model_id)
+    for params, expected in (
+        ({"precision": "int8"}, pipeline.convert(model, words, "sp", "pg")),
+        (
+            {"method": "beam", "beam_width": 3},
+            pipeline.convert(model, words, "sp", "pg", method="beam", beam_width=3),
+        ),
+    ):
+        job = wait_for(submit("convert", {"model": model_id, "requests": requests, **params}))
+        assert job["state"] == "succeeded", job["error"]
+        assert [r["output"] for r in conversions(job["id"])] == expected, params
+    bad = wait_for(
+        submit("convert", {"model": model_id, "requests": requests, "precision": "fp16"})
+    )
+    assert bad["state"] == "failed" and "precision 'fp16'" in bad["error"]
+
+
 def test_generation_and_evaluation_jobs(backend, trained):
     from db.queries import generated, job_scores
     from workers.jobs import submit

@@ -258,6 +258,8 @@ def _plot(job_id: int, target: str | None) -> Path:
 
 def cmd_convert(args) -> int:
     _check_beam(args.beam, "--beam")
+    if args.int8 and args.beam:
+        raise UserError("--int8 decodes greedily: give --int8 or --beam, not both")
     if args.input:
         if args.words:
             raise UserError("give words or --input FILE, not both")
@@ -271,6 +273,10 @@ def cmd_convert(args) -> int:
 
     src, tgt = tense_code(args.src), tense_code(args.tgt)
     model = _load_model_now(args.model)
+    if args.int8:
+        from pipeline.quantize import int8
+
+        model = int8(model)
     outputs = convert(model, args.words, src, tgt, **decode_options(args.beam))
     if args.json:
         _print_json(
@@ -287,14 +293,17 @@ def cmd_convert(args) -> int:
 
 def _bulk_convert(args) -> int:
     from pipeline.data import read_requests
+    from pipeline.evaluate import decode_options
 
     requests = read_requests(args.input)
     params = {
         "model": _model_ref(args.model),
         "requests": [list(r) for r in requests],
-        "method": "greedy",
         "input": str(args.input),
+        **decode_options(args.beam),
     }
+    if args.int8:
+        params["precision"] = "int8"
     job_id = _submit("convert", params, args)
     if not args.wait:
         return 0
@@ -647,6 +656,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="with --wait: write the conversions here (.csv or .json)")
     p.add_argument("--format", choices=["csv", "json"])
     p.add_argument("--beam", type=int, default=0, help="beam width (default: greedy)")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 matrix products on the CPU; words that come close to a tie are decoded "
+        "again in fp32, so the output is fp32's",
+    )
     _model_option(p)
     _job_options(p)
     p.set_defaults(func=cmd_convert)

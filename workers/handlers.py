@@ -55,6 +55,14 @@ def load_model(ref: str | int) -> pipeline.TenseCVAE:
     return transaction(read)
 
 
+@lru_cache(maxsize=4)
+def load_int8(ref: str | int) -> pipeline.TenseCVAE:
+    """The int8 copy of load_model(ref), made once per worker (it runs on the CPU)."""
+    from pipeline.quantize import int8
+
+    return int8(load_model(ref))
+
+
 def _model_id(ref: Any) -> int | None:
     return None if ref in (None, "pretrained") else int(ref)
 
@@ -242,7 +250,9 @@ def evaluate_job(job: Job, ctx: JobContext) -> dict[str, Any]:
 # -- convert -----------------------------------------------------------------------------------
 
 
-def _convert_batch(model, rows: Sequence[Sequence[Any]], method: str) -> list[dict[str, Any]]:
+def _convert_batch(
+    model, rows: Sequence[Sequence[Any]], decode: dict[str, Any]
+) -> list[dict[str, Any]]:
     """Rows (line, word, src, tgt) to conversion rows; a bad line gets its reason, the
     good lines of the batch are still converted."""
     out, good = [], []
@@ -268,7 +278,7 @@ def _convert_batch(model, rows: Sequence[Sequence[Any]], method: str) -> list[di
             [r["word"] for r in good],
             [r["src"] for r in good],
             [r["tgt"] for r in good],
-            method=method,
+            **decode,
         )
         for r, o in zip(good, outputs, strict=True):
             r["output"] = o
@@ -277,7 +287,14 @@ def _convert_batch(model, rows: Sequence[Sequence[Any]], method: str) -> list[di
 
 def convert_job(job: Job, ctx: JobContext) -> dict[str, Any]:
     p = job.params
-    model = load_model(p.get("model", "pretrained"))
+    precision = p.get("precision", "fp32")
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"precision {precision!r}: fp32 or int8")
+    ref = p.get("model", "pretrained")
+    model = load_int8(ref) if precision == "int8" else load_model(ref)
+    decode = {"method": p.get("method", "greedy")}
+    if decode["method"] == "beam":
+        decode["beam_width"] = p.get("beam_width", 4)
     requests = p["requests"]
 
     def written_lines(s) -> set[int]:  # resume after the last batch written
@@ -292,7 +309,7 @@ def convert_job(job: Job, ctx: JobContext) -> dict[str, Any]:
         pending = None
         for start in range(0, len(todo), BATCH):
             ctx.check()
-            rows = _convert_batch(model, todo[start : start + BATCH], p.get("method", "greedy"))
+            rows = _convert_batch(model, todo[start : start + BATCH], decode)
             written = len(done) + start + len(rows)
 
             def write(s, rows=rows, written=written):
