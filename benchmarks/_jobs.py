@@ -18,7 +18,8 @@ from db.migrate import upgrade  # noqa: E402
 from db.models import Job  # noqa: E402
 from db.queries import get_job, queue_status  # noqa: E402
 from db.session import session  # noqa: E402
-from pipeline.data import load_train  # noqa: E402
+from pipeline.data import load_train, make_pairs  # noqa: E402
+from pipeline.tenses import TENSES  # noqa: E402
 from workers.jobs import submit  # noqa: E402
 
 
@@ -84,15 +85,21 @@ def main() -> None:
             wait(i)
         rates.append(20 / (time.perf_counter() - start))
     out["jobs/s through one worker"] = med(rates)
-    words = [w for q in load_train() for w in q]
-    requests = [[i + 1, words[i % len(words)], "sp", "p"] for i in range(bulk)]
-    for n_workers in (1, 2):
-        if len(workers) != n_workers:  # the cores shared out: threads = cores / workers
-            for p in workers:
-                p.terminate()
-                p.wait()
-            threads = max(1, cores // n_workers)
-            workers = [start_worker(f"bench{n_workers}-{k}", threads) for k in range(n_workers)]
+    # train.txt's twelve conversions of each line, in turn, as many times as it takes
+    pairs = make_pairs(load_train(), "cross")
+    requests = []
+    for i in range(bulk):
+        word, s, _, t = pairs[i % len(pairs)]
+        requests.append([i + 1, word, TENSES[s], TENSES[t]])
+    # One worker with every core; two with the cores shared out (threads = cores / workers);
+    # and one worker on one core, which two one-core workers are to be compared with.
+    for n_workers, threads in ((1, cores), (2, max(1, cores // 2)), (1, max(1, cores // 2))):
+        for p in workers:
+            p.terminate()
+            p.wait()
+        workers = [
+            start_worker(f"bench{n_workers}-{threads}-{k}", threads) for k in range(n_workers)
+        ]
         rates = []
         for _ in range(bulk_repeats):
             # Split the lines into one job per worker, as a user scaling out would.
@@ -105,7 +112,8 @@ def main() -> None:
             for i in ids:
                 assert wait(i)["state"] == "succeeded"
             rates.append(bulk / (time.perf_counter() - start))
-        out[f"bulk conversion of {bulk} lines, {n_workers} worker(s) (lines/s)"] = med(rates)
+        what = f"{n_workers} worker(s) of {threads} thread(s)"
+        out[f"bulk conversion of {bulk} lines, {what} (lines/s)"] = med(rates)
     for p in workers:
         p.terminate()
         p.wait()

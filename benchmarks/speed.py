@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,7 @@ import torch  # noqa: E402
 import pipeline  # noqa: E402
 from pipeline.data import load_train, make_pairs  # noqa: E402
 from pipeline.evaluate import convert  # noqa: E402
+from pipeline.tenses import TENSES  # noqa: E402
 from pipeline.training import Trainer  # noqa: E402
 
 
@@ -214,32 +216,116 @@ def conversion_flops(model, words: list[str], targets: list[str]) -> float:
     return step_flops(model.config, b) / 3 / len(words)
 
 
+def conversions(quads) -> tuple[list[str], list[str], list[str]]:
+    """The twelve conversions of each line: words, their tenses, the tenses asked for."""
+    pairs = make_pairs(quads, "cross")
+    return [p[0] for p in pairs], [TENSES[p[1]] for p in pairs], [TENSES[p[3]] for p in pairs]
+
+
+def timed(repeats: int, n: int, fn) -> tuple:
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        rates.append(n / (time.perf_counter() - start))
+    return med(rates)
+
+
 def conversion_rates(model, repeats: int) -> dict:
-    words = [w for q in load_train() for w in q][:4096]
-    out = {}
-    for name, kw in (("greedy fp32", {}), ("beam 4 fp32", {"method": "beam"})):
-        n = len(words) if name.startswith("greedy") else 512
+    """In-process conversion of train.txt's twelve conversions per line (14,724 words):
+    greedy and beam search in fp32, bf16 autocast, and int8 (pipeline.quantize)."""
+    words, src, tgt = conversions(load_train())
+    n = len(words)
+    out = {"greedy fp32": timed(repeats, n, lambda: convert(model, words, src, tgt))}
+    few = random.Random(0).sample(range(n), 512)
+    bw, bs, bt = [words[i] for i in few], [src[i] for i in few], [tgt[i] for i in few]
+    out["beam 4 fp32"] = timed(repeats, 512, lambda: convert(model, bw, bs, bt, method="beam"))
+    reference = convert(model, words, src, tgt)
+    try:
         rates = []
         for _ in range(repeats):
             start = time.perf_counter()
-            convert(model, words[:n], "sp", "p", **kw)
-            rates.append(n / (time.perf_counter() - start))
-        out[name] = med(rates)
-    reference = convert(model, words, "sp", "p")
-    rates = []
-    try:
-        for _ in range(repeats):
-            start = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                low = convert(model, words, "sp", "p")
-            rates.append(len(words) / (time.perf_counter() - start))
+                low = convert(model, words, src, tgt)
+            rates.append(n / (time.perf_counter() - start))
     except RuntimeError as e:  # oneDNN may refuse a bf16 LSTM shape: say so, measure the rest
         out["greedy bf16 autocast"] = "failed: " + str(e).splitlines()[0][:90]
     else:
         out["greedy bf16 autocast"] = med(rates)
-        same = sum(a == b for a, b in zip(low, reference, strict=True))
-        out["bf16 identical outputs"] = same / len(words)
+        out["bf16 identical outputs"] = sum(map(str.__eq__, low, reference)) / n
+    out.update(int8_figures(model, (words, src, tgt), reference, repeats, out["greedy fp32"]))
     out["useful GFLOP per word (forward)"] = conversion_flops(model, words, reference) / 1e9
+    return out
+
+
+def int8_figures(model, data, reference, repeats, fp32_rate) -> dict:
+    """int8 as users run it (close calls decoded again in fp32) and int8 alone: rates, and
+    how its words compare with fp32's on train.txt, the shipped model's held-out verbs,
+    test.txt and words fed in the wrong tense (the model's hardest inputs)."""
+    from pipeline import artifacts
+    from pipeline.data import load_test, split_by_verb, test_words
+    from pipeline.evaluate import _convert_all
+    from pipeline.quantize import TIE_MARGIN, int8
+    from pipeline.tenses import tense_index
+
+    words, src, tgt = data
+    n = len(words)
+    q = int8(model)
+    out = {}
+    rate = timed(repeats, n, lambda: convert(q, words, src, tgt))
+    out["greedy int8, close calls in fp32"] = rate
+    out["int8 over fp32"] = f"{rate[0] / fp32_rate[0]:.2f}x"
+    s_idx, t_idx = [tense_index(x) for x in src], [tense_index(x) for x in tgt]
+
+    def alone():
+        gaps = torch.full((n,), float("inf"))
+        with torch.no_grad():
+            words_out = _convert_all(q, words, s_idx, t_idx, "greedy", 4, False, None, gaps)
+        return words_out, gaps
+
+    out["greedy int8 alone"] = timed(repeats, n, alone)
+    raw, gaps = alone()
+    flips = [float(gaps[i]) for i in range(n) if raw[i] != reference[i]]
+    out["int8 alone: words unlike fp32's, train.txt"] = (
+        f"{len(flips)} of {n:,}, each within {max(flips, default=0):.3f} of a tie"
+    )
+    out[f"int8: words decoded again in fp32 (within {TIE_MARGIN} of a tie)"] = (
+        f"{float((gaps < TIE_MARGIN).float().mean()):.1%}"
+    )
+    checks = {"train.txt, 12 directions": (words, src, tgt, reference)}
+    meta = artifacts.metadata(artifacts.pretrained_path())["config"]["train"]
+    _, held = split_by_verb(load_train(), meta["val_fraction"], meta["seed"], test_words())
+    hw, hs, ht = conversions(held)
+    checks[f"validation split ({len(held)} held-out verbs), 12 directions"] = (
+        hw,
+        hs,
+        ht,
+        convert(model, hw, hs, ht),
+    )
+    tests = load_test()
+    tw, ts, tt = [c.source for c in tests], [c.src for c in tests], [c.tgt for c in tests]
+    checks["test.txt"] = (tw, ts, tt, convert(model, tw, ts, tt))
+    wrong = [w for quad in load_train() for w in quad[1:]][:4096]
+    checks["wrong-tense inputs (tp, pg, p forms as sp -> p)"] = (
+        wrong,
+        "sp",
+        "p",
+        convert(model, wrong, "sp", "p"),
+    )
+    for name, (w, s, t, ref) in checks.items():
+        got = convert(q, w, s, t)
+        same = sum(map(str.__eq__, got, ref))
+        out[f"int8 identical outputs, {name}"] = f"{same:,} of {len(ref):,}"
+    g = torch.full((len(wrong),), float("inf"))
+    with torch.no_grad():
+        raw = _convert_all(
+            q, wrong, [0] * len(wrong), [3] * len(wrong), "greedy", 4, False, None, g
+        )
+    ref = checks["wrong-tense inputs (tp, pg, p forms as sp -> p)"][3]
+    flips = [float(g[i]) for i in range(len(wrong)) if raw[i] != ref[i]]
+    out["int8 alone: words unlike fp32's, wrong-tense inputs"] = (
+        f"{len(flips)} of {len(wrong):,}, each within {max(flips, default=0):.3f} of a tie"
+    )
     return out
 
 
@@ -339,7 +425,7 @@ def main() -> None:
         flops = figures.pop("useful GFLOP per word (forward)")
         for k, v in figures.items():
             unit = "" if "identical" in k else " (words/s)"
-            if isinstance(v, str):  # a measurement that could not run, and why
+            if isinstance(v, str):  # a count, a ratio, or a measurement that could not run
                 rows.append((f"conversion {k}", v))
                 continue
             rows.append((f"conversion {k}{unit}", f"{v:.1%}" if isinstance(v, float) else fmt(v)))
@@ -365,6 +451,20 @@ def main() -> None:
             figs = job_figures(env, args.bulk_lines, R, args.bulk_repeats)
         for k, v in figs.items():
             rows.append((f"{name}: {k}", fmt(v, digits=3 if "latency" in k else 0)))
+        bulk = {k.split(", ", 1)[1]: v[0] for k, v in figs.items() if k.startswith("bulk")}
+        cores, half = os.cpu_count() or 1, max(1, (os.cpu_count() or 1) // 2)
+        one = bulk[f"1 worker(s) of {cores} thread(s) (lines/s)"]
+        two = bulk[f"2 worker(s) of {half} thread(s) (lines/s)"]
+        single = bulk[f"1 worker(s) of {half} thread(s) (lines/s)"]
+        rows.append((f"{name}: two workers over one worker with every core", f"{two / one:.2f}x"))
+        rows.append(
+            (f"{name}: two workers of {half} thread(s) over one of {half}", f"{two / single:.2f}x")
+        )
+        if "convert" in parts:
+            share = one / figures["greedy fp32"][0]
+            rows.append(
+                (f"{name}: bulk, one worker, share of in-process greedy fp32", f"{share:.0%}")
+            )
     where = (
         f"GPU {torch.cuda.get_device_name(device)} for the training figures"
         if device.type == "cuda"
