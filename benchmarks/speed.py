@@ -233,7 +233,7 @@ def timed(repeats: int, n: int, fn) -> tuple:
 
 def conversion_rates(model, repeats: int) -> dict:
     """In-process conversion of train.txt's twelve conversions per line (14,724 words):
-    greedy and beam search in fp32, bf16 autocast, and int8 (pipeline.quantize)."""
+    greedy and beam search in fp32, then bf16 and int8 (pipeline.precision)."""
     words, src, tgt = conversions(load_train())
     n = len(words)
     out = {"greedy fp32": timed(repeats, n, lambda: convert(model, words, src, tgt))}
@@ -241,56 +241,55 @@ def conversion_rates(model, repeats: int) -> dict:
     bw, bs, bt = [words[i] for i in few], [src[i] for i in few], [tgt[i] for i in few]
     out["beam 4 fp32"] = timed(repeats, 512, lambda: convert(model, bw, bs, bt, method="beam"))
     reference = convert(model, words, src, tgt)
-    try:
-        rates = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                low = convert(model, words, src, tgt)
-            rates.append(n / (time.perf_counter() - start))
-    except RuntimeError as e:  # oneDNN may refuse a bf16 LSTM shape: say so, measure the rest
-        out["greedy bf16 autocast"] = "failed: " + str(e).splitlines()[0][:90]
-    else:
-        out["greedy bf16 autocast"] = med(rates)
-        out["bf16 identical outputs"] = sum(map(str.__eq__, low, reference)) / n
-    out.update(int8_figures(model, (words, src, tgt), reference, repeats, out["greedy fp32"]))
+    for precision in ("bf16", "int8"):
+        out.update(
+            lowered_figures(
+                model, precision, (words, src, tgt), reference, repeats, out["greedy fp32"]
+            )
+        )
     out["useful GFLOP per word (forward)"] = conversion_flops(model, words, reference) / 1e9
     return out
 
 
-def int8_figures(model, data, reference, repeats, fp32_rate) -> dict:
-    """int8 as users run it (close calls decoded again in fp32) and int8 alone: rates, and
-    how its words compare with fp32's on train.txt, the shipped model's held-out verbs,
+def lowered_figures(model, precision, data, reference, repeats, fp32_rate) -> dict:
+    """bf16 or int8 as users run it (close calls decoded again in fp32) and alone: rates,
+    and how its words compare with fp32's on train.txt, the shipped model's held-out verbs,
     test.txt and words fed in the wrong tense (the model's hardest inputs)."""
     from pipeline import artifacts
+    from pipeline import precision as lower
     from pipeline.data import load_test, split_by_verb, test_words
     from pipeline.evaluate import _convert_all
-    from pipeline.quantize import TIE_MARGIN, int8
     from pipeline.tenses import tense_index
 
+    try:
+        form = lower.lowered(model, precision)
+    except lower.PrecisionUnavailable as e:
+        return {precision: str(e)}
     words, src, tgt = data
     n = len(words)
-    q = int8(model)
     out = {}
-    rate = timed(repeats, n, lambda: convert(q, words, src, tgt))
-    out["greedy int8, close calls in fp32"] = rate
-    out["int8 over fp32"] = f"{rate[0] / fp32_rate[0]:.2f}x"
-    s_idx, t_idx = [tense_index(x) for x in src], [tense_index(x) for x in tgt]
+    rate = timed(repeats, n, lambda: convert(form, words, src, tgt))
+    out[f"greedy {precision}, close calls in fp32"] = rate
+    out[f"{precision} over fp32"] = f"{rate[0] / fp32_rate[0]:.2f}x"
 
-    def alone():
-        gaps = torch.full((n,), float("inf"))
-        with torch.no_grad():
-            words_out = _convert_all(q, words, s_idx, t_idx, "greedy", 4, False, None, gaps)
-        return words_out, gaps
+    def alone(w, s, t):
+        gaps = torch.full((len(w),), float("inf"))
+        s, t = [tense_index(x) for x in s], [tense_index(x) for x in t]
+        with torch.no_grad(), lower.autocast(form):
+            return _convert_all(form, w, s, t, "greedy", 4, False, None, gaps), gaps
 
-    out["greedy int8 alone"] = timed(repeats, n, alone)
-    raw, gaps = alone()
-    flips = [float(gaps[i]) for i in range(n) if raw[i] != reference[i]]
-    out["int8 alone: words unlike fp32's, train.txt"] = (
-        f"{len(flips)} of {n:,}, each within {max(flips, default=0):.3f} of a tie"
-    )
-    out[f"int8: words decoded again in fp32 (within {TIE_MARGIN} of a tie)"] = (
-        f"{float((gaps < TIE_MARGIN).float().mean()):.1%}"
+    out[f"greedy {precision} alone"] = timed(repeats, n, lambda: alone(words, src, tgt))
+
+    def unlike(w, s, t, ref) -> str:
+        got, gaps = alone(w, s, t)
+        flips = [float(gaps[i]) for i in range(len(w)) if got[i] != ref[i]]
+        return f"{len(flips)} of {len(w):,}, each within {max(flips, default=0):.3f} of a tie"
+
+    out[f"{precision} alone: words unlike fp32's, train.txt"] = unlike(words, src, tgt, reference)
+    form.redecoded = 0
+    convert(form, words, src, tgt)
+    out[f"{precision}: words decoded again in fp32 (within {lower.TIE_MARGIN} of a tie)"] = (
+        f"{form.redecoded / n:.1%}"
     )
     checks = {"train.txt, 12 directions": (words, src, tgt, reference)}
     meta = artifacts.metadata(artifacts.pretrained_path())["config"]["train"]
@@ -305,26 +304,19 @@ def int8_figures(model, data, reference, repeats, fp32_rate) -> dict:
     tests = load_test()
     tw, ts, tt = [c.source for c in tests], [c.src for c in tests], [c.tgt for c in tests]
     checks["test.txt"] = (tw, ts, tt, convert(model, tw, ts, tt))
-    wrong = [w for quad in load_train() for w in quad[1:]][:4096]
+    wrong = [w for quad in load_train() for w in quad[1:]]
+    ws, wt = ["sp"] * len(wrong), ["p"] * len(wrong)
     checks["wrong-tense inputs (tp, pg, p forms as sp -> p)"] = (
         wrong,
-        "sp",
-        "p",
-        convert(model, wrong, "sp", "p"),
+        ws,
+        wt,
+        convert(model, wrong, ws, wt),
     )
     for name, (w, s, t, ref) in checks.items():
-        got = convert(q, w, s, t)
-        same = sum(map(str.__eq__, got, ref))
-        out[f"int8 identical outputs, {name}"] = f"{same:,} of {len(ref):,}"
-    g = torch.full((len(wrong),), float("inf"))
-    with torch.no_grad():
-        raw = _convert_all(
-            q, wrong, [0] * len(wrong), [3] * len(wrong), "greedy", 4, False, None, g
-        )
-    ref = checks["wrong-tense inputs (tp, pg, p forms as sp -> p)"][3]
-    flips = [float(g[i]) for i in range(len(wrong)) if raw[i] != ref[i]]
-    out["int8 alone: words unlike fp32's, wrong-tense inputs"] = (
-        f"{len(flips)} of {len(wrong):,}, each within {max(flips, default=0):.3f} of a tie"
+        same = sum(map(str.__eq__, convert(form, w, s, t), ref))
+        out[f"{precision} identical outputs, {name}"] = f"{same:,} of {len(ref):,}"
+    out[f"{precision} alone: words unlike fp32's, wrong-tense inputs"] = unlike(
+        wrong, ws, wt, checks["wrong-tense inputs (tp, pg, p forms as sp -> p)"][3]
     )
     return out
 
@@ -424,11 +416,10 @@ def main() -> None:
         figures = conversion_rates(pipeline.load_pretrained(), R)
         flops = figures.pop("useful GFLOP per word (forward)")
         for k, v in figures.items():
-            unit = "" if "identical" in k else " (words/s)"
             if isinstance(v, str):  # a count, a ratio, or a measurement that could not run
                 rows.append((f"conversion {k}", v))
                 continue
-            rows.append((f"conversion {k}{unit}", f"{v:.1%}" if isinstance(v, float) else fmt(v)))
+            rows.append((f"conversion {k} (words/s)", fmt(v)))
         ceiling = matmul_ceiling(R, torch.device("cpu"))
         allowed = ceiling[0] / (flops * 1e9)
         rows += [

@@ -62,37 +62,37 @@ def convert(
 ) -> list[str]:
     """Convert each word from tense ``src`` to ``tgt`` (one tense, or one per word).
 
-    z is the posterior mean unless ``sample_z``; ``method`` is greedy or beam. An int8 copy
-    (pipeline.quantize.int8) converts greedily from the posterior mean, and gives every word
-    that came close to a tie to its fp32 original: its output is fp32's."""
+    z is the posterior mean unless ``sample_z``; ``method`` is greedy or beam. A bf16 or int8
+    form of a model (pipeline.precision) converts greedily from the posterior mean, and gives
+    every word that came close to a tie to its fp32 original: its output is fp32's."""
     words = check_words(model, words)
     s, t = _indices(src, len(words)), _indices(tgt, len(words))
     reference = getattr(model, "reference", None)
-    if reference is not None and (method != "greedy" or sample_z):
-        raise ValueError("an int8 model converts greedily from the posterior mean only")
-    margins = None
-    if reference is not None:
-        margins = torch.full((len(words),), float("inf"))
-    out = _convert_all(model, words, s, t, method, beam_width, sample_z, generator, margins)
-    if reference is not None:
-        from .quantize import TIE_MARGIN
+    if reference is None:
+        return _convert_all(model, words, s, t, method, beam_width, sample_z, generator, None)
+    from .precision import TIE_MARGIN, autocast
 
-        close = (margins < TIE_MARGIN).nonzero().squeeze(1).tolist()
-        model.redecoded = getattr(model, "redecoded", 0) + len(close)
-        if close:
-            again = _convert_all(
-                reference,
-                [words[i] for i in close],
-                [s[i] for i in close],
-                [t[i] for i in close],
-                method,
-                beam_width,
-                False,
-                None,
-                None,
-            )
-            for i, word in zip(close, again, strict=True):
-                out[i] = word
+    if method != "greedy" or sample_z:
+        raise ValueError(f"a {model.precision} model converts greedily from the posterior mean")
+    margins = torch.full((len(words),), float("inf"))
+    with autocast(model):
+        out = _convert_all(model, words, s, t, method, beam_width, False, None, margins)
+    close = (margins < TIE_MARGIN).nonzero().squeeze(1).tolist()
+    model.redecoded = getattr(model, "redecoded", 0) + len(close)
+    if close:
+        again = _convert_all(
+            reference,
+            [words[i] for i in close],
+            [s[i] for i in close],
+            [t[i] for i in close],
+            method,
+            beam_width,
+            False,
+            None,
+            None,
+        )
+        for i, word in zip(close, again, strict=True):
+            out[i] = word
     return out
 
 
@@ -148,7 +148,7 @@ def _decode(model, state, n, method="greedy", beam_width=4, margins=None) -> lis
             n,
             limit,
             device=model.device,
-            margins=margins,  # int8 copies, the only callers with margins, run on the CPU
+            margins=margins,  # bf16 and int8 forms, the only callers with margins, run on the CPU
         )
     else:
         raise ValueError(f"unknown decoding method {method!r} (greedy or beam)")
@@ -171,7 +171,9 @@ def decode_latents(
     characters), so the four are forms of one verb as the model conjugates it. Where the
     simple present cannot be read back (empty, or too long), its forms stay as z wrote them."""
     if getattr(model, "reference", None) is not None:
-        raise ValueError("an int8 model converts words only; generate with its fp32 original")
+        raise ValueError(
+            f"a {model.precision} model converts words only; generate with its fp32 original"
+        )
     model.eval()
     z = z.to(model.device)
     if not anchored:

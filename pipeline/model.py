@@ -80,7 +80,7 @@ class CellWeights:
     chars: torch.Tensor  # (4H, C)
     table: torch.Tensor | None  # (V, 4H) chars' embeddings times their weights
     recurrent: torch.Tensor | None  # (4H, H + H) for [feed, h]
-    # the same matrix quantized to int8 and packed, in a copy made by pipeline.quantize
+    # the same matrix quantized to int8 and packed, in a copy made by pipeline.precision.int8
     recurrent_int8: object | None = None
 
 
@@ -130,8 +130,8 @@ class TenseCVAE(nn.Module):
                 self.position_bias = nn.Parameter(torch.zeros(2 * c.position_bias + 1))
         self.out = nn.Linear(H, vocab.size)
         self.drop = nn.Dropout(c.dropout)
-        # Set by pipeline.quantize.int8 on its copy: the attending decoder's recurrent
-        # matrix packed for int8 products, and the fp32 model that copy was made from.
+        # Set by pipeline.precision.int8 on its copy: the attending decoder's recurrent
+        # matrix packed for int8 products.
         self.recurrent_int8 = None
 
     @property

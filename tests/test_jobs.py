@@ -84,8 +84,8 @@ def test_bulk_conversion_job_keeps_good_lines_and_records_bad_ones(backend, trai
 
 
 def test_bulk_conversion_in_int8_and_by_beam_search(backend, trained):
-    """The options of a bulk job reach its worker: int8 writes fp32's words, and a beam
-    width is the width asked for."""
+    """The options of a bulk job reach its worker: int8 writes fp32's words, a beam width is
+    the width asked for, and a precision that does not exist fails the job, saying why."""
     import pipeline
     from db.queries import conversions
     from workers.handlers import load_model
@@ -108,7 +108,7 @@ def test_bulk_conversion_in_int8_and_by_beam_search(backend, trained):
     bad = wait_for(
         submit("convert", {"model": model_id, "requests": requests, "precision": "fp16"})
     )
-    assert bad["state"] == "failed" and "precision 'fp16'" in bad["error"]
+    assert bad["state"] == "failed" and "precision 'fp16'" in bad["error"], bad["error"]
 
 
 def test_generation_and_evaluation_jobs(backend, trained):

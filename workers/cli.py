@@ -258,8 +258,10 @@ def _plot(job_id: int, target: str | None) -> Path:
 
 def cmd_convert(args) -> int:
     _check_beam(args.beam, "--beam")
-    if args.int8 and args.beam:
-        raise UserError("--int8 decodes greedily: give --int8 or --beam, not both")
+    if args.precision != "fp32" and args.beam:
+        raise UserError(
+            f"--precision {args.precision} decodes greedily: drop --beam or --precision"
+        )
     if args.input:
         if args.words:
             raise UserError("give words or --input FILE, not both")
@@ -273,10 +275,10 @@ def cmd_convert(args) -> int:
 
     src, tgt = tense_code(args.src), tense_code(args.tgt)
     model = _load_model_now(args.model)
-    if args.int8:
-        from pipeline.quantize import int8
+    if args.precision != "fp32":
+        from pipeline.precision import lowered
 
-        model = int8(model)
+        model = lowered(model, args.precision)
     outputs = convert(model, args.words, src, tgt, **decode_options(args.beam))
     if args.json:
         _print_json(
@@ -302,8 +304,8 @@ def _bulk_convert(args) -> int:
         "input": str(args.input),
         **decode_options(args.beam),
     }
-    if args.int8:
-        params["precision"] = "int8"
+    if args.precision != "fp32":
+        params["precision"] = args.precision
     job_id = _submit("convert", params, args)
     if not args.wait:
         return 0
@@ -657,10 +659,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["csv", "json"])
     p.add_argument("--beam", type=int, default=0, help="beam width (default: greedy)")
     p.add_argument(
-        "--int8",
-        action="store_true",
-        help="int8 matrix products on the CPU; words that come close to a tie are decoded "
-        "again in fp32, so the output is fp32's",
+        "--precision",
+        choices=["fp32", "bf16", "int8"],
+        default="fp32",
+        help="matrix products in bf16 (autocast) or int8 on the CPU; words that come close to "
+        "a tie are decoded again in fp32, so the output is fp32's (default: fp32)",
     )
     _model_option(p)
     _job_options(p)

@@ -56,11 +56,11 @@ def load_model(ref: str | int) -> pipeline.TenseCVAE:
 
 
 @lru_cache(maxsize=4)
-def load_int8(ref: str | int) -> pipeline.TenseCVAE:
-    """The int8 copy of load_model(ref), made once per worker (it runs on the CPU)."""
-    from pipeline.quantize import int8
+def load_lowered(ref: str | int, precision: str) -> pipeline.TenseCVAE:
+    """The bf16 or int8 form of load_model(ref), made once per worker (on the CPU)."""
+    from pipeline.precision import lowered
 
-    return int8(load_model(ref))
+    return lowered(load_model(ref), precision)
 
 
 def _model_id(ref: Any) -> int | None:
@@ -287,11 +287,8 @@ def _convert_batch(
 
 def convert_job(job: Job, ctx: JobContext) -> dict[str, Any]:
     p = job.params
-    precision = p.get("precision", "fp32")
-    if precision not in ("fp32", "int8"):
-        raise ValueError(f"precision {precision!r}: fp32 or int8")
-    ref = p.get("model", "pretrained")
-    model = load_int8(ref) if precision == "int8" else load_model(ref)
+    ref, precision = p.get("model", "pretrained"), p.get("precision", "fp32")
+    model = load_model(ref) if precision == "fp32" else load_lowered(ref, precision)
     decode = {"method": p.get("method", "greedy")}
     if decode["method"] == "beam":
         decode["beam_width"] = p.get("beam_width", 4)

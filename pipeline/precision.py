@@ -1,0 +1,153 @@
+"""Conversion in reduced precision that writes fp32's words.
+
+``lowered(model, "bf16")`` converts under bf16 autocast (matrix products and the LSTMs in
+bfloat16, everything element by element in fp32); it needs a CPU that oneDNN runs bf16 on,
+and says so where it cannot. ``lowered(model, "int8")`` is a copy whose encoder LSTM, the
+attending decoder's recurrent matrix and its two attention projections run as int8 dynamic
+quantization (weights quantized once, per output row; each product's input quantized on its
+own range as it comes); the embeddings, z's heads, the decoder's start, the output layer
+and the copy gate stay fp32. It runs on the CPU (fbgemm/x86 or qnnpack kernels).
+
+Rounding can move a score a little, so lower precision alone could write another word than
+fp32 where two characters are close to a tie. ``convert`` (pipeline.evaluate) therefore
+watches every word's closest call: a word whose best and second-best scores came within
+``TIE_MARGIN`` of each other at some step is decoded again in fp32 and takes fp32's answer.
+benchmarks/speed.py reports, for the shipped model, the words each precision alone changes,
+how near a tie each came, and the share the margin sends back to fp32. (On 2026-11-30, int8
+alone changed 13 of train.txt's 14,724 conversions, all within 0.13 of a tie, and 65 of
+3,681 words fed in the wrong tense, its hardest inputs, within 0.56; the margin re-decoded
+4.5% of train.txt's conversions.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+from .errors import TenseVAEError
+from .model import TenseCVAE
+
+PRECISIONS = ("fp32", "bf16", "int8")
+TIE_MARGIN = 1.0  # nats: a word whose closest call came nearer than this is decoded in fp32
+
+
+class PrecisionUnavailable(TenseVAEError):
+    """This torch build or this machine cannot run the precision asked for."""
+
+
+def precision_of(model: TenseCVAE) -> str:
+    return getattr(model, "precision", "fp32")
+
+
+def lowered(model: TenseCVAE, precision: str) -> TenseCVAE:
+    """``model`` itself for fp32, else its bf16 or int8 form for greedy conversion."""
+    if precision not in PRECISIONS:
+        raise PrecisionUnavailable(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return model
+    return bf16(model) if precision == "bf16" else int8(model)
+
+
+def autocast(model: TenseCVAE):
+    """The context a conversion by ``model`` runs in: bf16 autocast for a bf16 form."""
+    if precision_of(model) == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def bf16(model: TenseCVAE) -> TenseCVAE:
+    """A bf16 form of ``model``: the same weights (a shallow copy), converted under bf16
+    autocast on the CPU; ``model`` is kept as ``reference`` to decode the close calls."""
+    if precision_of(model) == "bf16":
+        return model
+    reference = _reference(model)
+    if reference.device.type != "cpu":
+        raise PrecisionUnavailable(
+            f"bf16 conversion runs on the CPU; this model is on {reference.device}"
+        )
+    form = copy.copy(reference)  # shares parameters and submodules; only these two differ
+    form.__dict__.update(precision="bf16", reference=reference)
+    _probe(form)
+    return form
+
+
+def int8(model: TenseCVAE) -> TenseCVAE:
+    """An int8 copy of ``model`` (moved to the CPU); ``model`` itself is left as it was and
+    is kept, as ``reference``, to decode the close calls."""
+    if precision_of(model) == "int8":
+        return model
+    try:
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    except ImportError as e:  # eager-mode quantization is deprecated in torch
+        raise PrecisionUnavailable(f"int8 needs torch.ao.quantization: {e}") from None
+    reference = _reference(model)
+    q = copy.deepcopy(reference).to("cpu").eval()
+    names = ["encoder"]
+    if q.config.attention:
+        names += ["combine", "attn_key"]
+    else:
+        names.append("decoder")  # the plain decoder is nn.LSTM all through
+    try:
+        with warnings.catch_warnings():  # torch's deprecation notices, not the user's business
+            warnings.simplefilter("ignore")
+            q = quantize_dynamic(
+                q, {name: per_channel_dynamic_qconfig for name in names}, dtype=torch.qint8
+            )
+            if q.config.attention:
+                q.recurrent_int8 = _pack(_recurrent(q))
+    except (RuntimeError, AttributeError, NotImplementedError) as e:
+        raise PrecisionUnavailable(f"int8 is not available here: {_first_line(e)}") from None
+    q.__dict__.update(precision="int8", reference=reference)  # not a submodule: no state_dict
+    _probe(q)
+    return q
+
+
+def _reference(model: TenseCVAE) -> TenseCVAE:
+    """The fp32 model behind ``model`` (itself, when it is fp32), in eval mode."""
+    reference = getattr(model, "reference", None)
+    return model.eval() if reference is None else reference
+
+
+def _probe(form: TenseCVAE) -> None:
+    """Convert a few words now, so that a machine that cannot run the precision says so
+    before a bulk job starts rather than at its first batch."""
+    from .evaluate import convert
+
+    try:
+        convert(form, ["walk", "abandon", "go"], "sp", "p")
+    except RuntimeError as e:  # oneDNN refuses bf16 LSTM primitives on some CPUs
+        what = precision_of(form)
+        raise PrecisionUnavailable(f"{what} is not available here: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def _recurrent(model: TenseCVAE) -> torch.Tensor:
+    """The attending decoder's matrix for [fed-back output, h], as _cell_weights cuts it."""
+    d, C = model.decoder, model.config.char_embedding
+    fixed = d.weight_ih_l0.size(1) - C - model.config.hidden_size  # z, tense, memory read
+    return torch.cat([d.weight_ih_l0[:, C + fixed :], d.weight_hh_l0], dim=1).detach()
+
+
+def _pack(weight: torch.Tensor):
+    """Per-row symmetric int8 weights, packed for torch.ops.quantized.linear_dynamic."""
+    scales = (weight.abs().amax(dim=1) / 127).clamp_min(1e-12).double()
+    zero = torch.zeros(weight.size(0), dtype=torch.long)
+    q = torch.quantize_per_channel(weight.float(), scales, zero, 0, torch.qint8)
+    return torch.ops.quantized.linear_prepack(q, None)
+
+
+def quantized_modules(model: nn.Module) -> list[str]:
+    """Names of the submodules that run int8 (for tests and the benchmark's report)."""
+    return [
+        name
+        for name, m in model.named_modules()
+        if type(m).__module__.startswith("torch.ao.nn.quantized")
+    ]
