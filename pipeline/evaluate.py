@@ -74,7 +74,7 @@ def convert(
 
     if method != "greedy" or sample_z:
         raise ValueError(f"a {model.precision} model converts greedily from the posterior mean")
-    margins = torch.full((len(words),), float("inf"))
+    margins = torch.full((len(words),), float("inf"), device=model.device)
     with autocast(model):
         out = _convert_all(model, words, s, t, method, beam_width, False, None, margins)
     close = (margins < TIE_MARGIN).nonzero().squeeze(1).tolist()
@@ -103,7 +103,7 @@ def _convert_all(model, words, s, t, method, beam_width, sample_z, generator, ma
     out: list[str] = [""] * len(words)
     for i in range(0, len(words), CHUNK):
         part = order[i : i + CHUNK]
-        gaps = None if margins is None else torch.full((len(part),), float("inf"))
+        gaps = None if margins is None else torch.full_like(margins[: len(part)], float("inf"))
         done = _convert_chunk(
             model,
             [words[j] for j in part],
@@ -148,7 +148,7 @@ def _decode(model, state, n, method="greedy", beam_width=4, margins=None) -> lis
             n,
             limit,
             device=model.device,
-            margins=margins,  # bf16 and int8 forms, the only callers with margins, run on the CPU
+            margins=margins,  # on the model's device, as _run's rows are
         )
     else:
         raise ValueError(f"unknown decoding method {method!r} (greedy or beam)")

@@ -1,8 +1,8 @@
 """Conversion in reduced precision that writes fp32's words.
 
 ``lowered(model, "bf16")`` converts under bf16 autocast (matrix products and the LSTMs in
-bfloat16, everything element by element in fp32); it needs a CPU that oneDNN runs bf16 on,
-and says so where it cannot. ``lowered(model, "int8")`` is a copy whose encoder LSTM, the
+bfloat16, everything element by element in fp32) on the model's device; on a CPU it needs
+one that oneDNN runs bf16 on, and says so where it cannot. ``lowered(model, "int8")`` is a copy whose encoder LSTM, the
 attending decoder's recurrent matrix and its two attention projections run as int8 dynamic
 quantization (weights quantized once, per output row; each product's input quantized on its
 own range as it comes); the embeddings, z's heads, the decoder's start, the output layer
@@ -55,20 +55,17 @@ def lowered(model: TenseCVAE, precision: str) -> TenseCVAE:
 def autocast(model: TenseCVAE):
     """The context a conversion by ``model`` runs in: bf16 autocast for a bf16 form."""
     if precision_of(model) == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(model.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def bf16(model: TenseCVAE) -> TenseCVAE:
     """A bf16 form of ``model``: the same weights (a shallow copy), converted under bf16
-    autocast on the CPU; ``model`` is kept as ``reference`` to decode the close calls."""
+    autocast where the model is; ``model`` is kept as ``reference`` to decode the close
+    calls."""
     if precision_of(model) == "bf16":
         return model
     reference = _reference(model)
-    if reference.device.type != "cpu":
-        raise PrecisionUnavailable(
-            f"bf16 conversion runs on the CPU; this model is on {reference.device}"
-        )
     form = copy.copy(reference)  # shares parameters and submodules; only these two differ
     form.__dict__.update(precision="bf16", reference=reference)
     _probe(form)
