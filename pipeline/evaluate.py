@@ -81,19 +81,16 @@ def convert(
     model.redecoded = getattr(model, "redecoded", 0) + len(close)
     if close:
         again = _convert_all(
-            reference,
-            [words[i] for i in close],
-            [s[i] for i in close],
-            [t[i] for i in close],
-            method,
-            beam_width,
-            False,
-            None,
-            None,
+            reference, *_pick(close, words, s, t), method, beam_width, False, None, None
         )
         for i, word in zip(close, again, strict=True):
             out[i] = word
     return out
+
+
+def _pick(index: Sequence[int], *lists: Sequence) -> list[list]:
+    """Each list's items at ``index``, in its order."""
+    return [[xs[i] for i in index] for xs in lists]
 
 
 def _convert_all(model, words, s, t, method, beam_width, sample_z, generator, margins):
@@ -105,15 +102,7 @@ def _convert_all(model, words, s, t, method, beam_width, sample_z, generator, ma
         part = order[i : i + CHUNK]
         gaps = None if margins is None else torch.full_like(margins[: len(part)], float("inf"))
         done = _convert_chunk(
-            model,
-            [words[j] for j in part],
-            [s[j] for j in part],
-            [t[j] for j in part],
-            method,
-            beam_width,
-            sample_z,
-            generator,
-            gaps,
+            model, *_pick(part, words, s, t), method, beam_width, sample_z, generator, gaps
         )
         for j, word in zip(part, done, strict=True):
             out[j] = word

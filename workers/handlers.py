@@ -57,7 +57,7 @@ def load_model(ref: str | int) -> pipeline.TenseCVAE:
 
 @lru_cache(maxsize=4)
 def load_lowered(ref: str | int, precision: str) -> pipeline.TenseCVAE:
-    """The bf16 or int8 form of load_model(ref), made once per worker (on the CPU)."""
+    """The bf16 or int8 form of load_model(ref), made once per worker (int8 on the CPU)."""
     from pipeline.precision import lowered
 
     return lowered(load_model(ref), precision)
