@@ -105,6 +105,10 @@ def test_one_off_conversion_imports_no_job_system():
         ),
         (["generate", "--beam", "100000"], "up to 64, not 100000"),
         (["evaluate", "--gaussian-beam", "-2"], "--gaussian-beam must be 0"),
+        (["convert", "walk", "--beam", "x"], "invalid int value: 'x' (see tensevae convert"),
+        (["convert", "walk", "--precision", "fp16"], "invalid choice: 'fp16'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["jobs", "--limit"], "expected one argument"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):

@@ -635,8 +635,16 @@ def _model_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, telling a mistake on the command line in one line (exit code 2) instead of
+    its usage block; subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"tensevae: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="tensevae", description=__doc__.splitlines()[0])
+    ap = _Parser(prog="tensevae", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="submit a training job")
