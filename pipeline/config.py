@@ -45,6 +45,9 @@ class ModelConfig:
     # decoder's condition.
     latent_memory: int = 0
     latent_memory_size: int = 64  # size of a slot's value
+    # log of the distance scale at the start of training (learned from there): higher reads
+    # fewer slots at once, so the regions of z are sharper
+    latent_memory_log_scale: float = 1.0
     max_length: int = 30  # most characters the decoder writes for one word
     dropout: float = 0.0  # on character embeddings and LSTM outputs, in training only
 
@@ -197,6 +200,10 @@ def validate(cfg: Config) -> None:
         (
             m.latent_memory >= 0 and m.latent_memory_size >= 1,
             "model.latent_memory must be >= 0 and model.latent_memory_size >= 1",
+        ),
+        (
+            -5.0 <= m.latent_memory_log_scale <= 10.0,
+            "model.latent_memory_log_scale must lie in [-5, 10]",
         ),
         (0.0 <= m.dropout < 1.0, "model.dropout must lie in [0, 1)"),
         (t.epochs >= 1 and t.batch_size >= 1, "train.epochs and train.batch_size must be >= 1"),

@@ -112,7 +112,7 @@ class TenseCVAE(nn.Module):
             M, D = c.latent_memory, c.latent_memory_size
             self.memory_keys = nn.Parameter(torch.randn(M, Z))
             self.memory_values = nn.Parameter(torch.randn(M, D) * 0.1)
-            self.memory_log_scale = nn.Parameter(torch.tensor(1.0))
+            self.memory_log_scale = nn.Parameter(torch.tensor(float(c.latent_memory_log_scale)))
             cond += D
         # The decoder starts from z joined with the target tense (and z's memory read).
         self.dec_init = nn.Linear(cond, 2 * H)

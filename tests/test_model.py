@@ -253,3 +253,17 @@ def test_a_model_with_a_latent_memory_saves_and_loads_whole():
     assert pipeline.convert(back, words, "sp", "p") == pipeline.convert(m, words, "sp", "p")
     with pytest.raises(pipeline.ConfigError, match="latent_memory"):
         load_config("tiny", ["model.latent_memory=-1"])
+    with pytest.raises(pipeline.ConfigError, match="latent_memory_log_scale"):
+        load_config("tiny", ["model.latent_memory_log_scale=nan"])
+
+
+def test_the_memory_reads_sharper_from_a_higher_log_scale():
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    peaks = []
+    for log_scale in (1.0, 4.0):
+        m = _model(attention=True, latent_memory=16, latent_memory_log_scale=log_scale)
+        assert m.memory_log_scale.item() == log_scale
+        keys = m.memory_keys.detach()
+        d2 = torch.cdist(z, keys) ** 2
+        peaks.append(torch.softmax(-m.memory_log_scale.exp() * d2, -1).max(1).values.mean())
+    assert peaks[1] > peaks[0]
