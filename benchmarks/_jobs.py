@@ -93,13 +93,16 @@ def main() -> None:
         requests.append([i + 1, word, TENSES[s], TENSES[t]])
     # One worker with every core; two with the cores shared out (threads = cores / workers);
     # and one worker on one core, which two one-core workers are to be compared with.
+    running = (1, cores)  # the latency figures' worker
     for n_workers, threads in ((1, cores), (2, max(1, cores // 2)), (1, max(1, cores // 2))):
-        for p in workers:
-            p.terminate()
-            p.wait()
-        workers = [
-            start_worker(f"bench{n_workers}-{threads}-{k}", threads) for k in range(n_workers)
-        ]
+        if (n_workers, threads) != running:
+            for p in workers:
+                p.terminate()
+                p.wait()
+            workers = [
+                start_worker(f"bench{n_workers}-{threads}-{k}", threads) for k in range(n_workers)
+            ]
+            running = (n_workers, threads)
         rates = []
         for _ in range(bulk_repeats):
             # Split the lines into one job per worker, as a user scaling out would.

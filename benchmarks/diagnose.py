@@ -30,17 +30,25 @@ from pipeline.data import (  # noqa: E402
     split_by_verb,
     test_words,
 )
-from pipeline.evaluate import _decode, convert, decode_latents, generate  # noqa: E402
+from pipeline.evaluate import _decode, decode_latents, exact_by_direction  # noqa: E402
 from pipeline.tenses import TENSES  # noqa: E402
 
 
-def generation_failures(model, draws: int) -> Counter:
+@torch.no_grad()
+def generation(model, draws: int) -> tuple[Counter, float | None]:
+    """How the tuples of ``draws`` draws of 100 z ~ N(0, I) (generate()'s, seed by seed) fare
+    against train.txt; and, for a model with a latent memory, the share of train.txt lines
+    when the same z are first moved to their nearest memory key (a learned map before the
+    decoder: a diagnostic, not the lab's score)."""
     train = load_train()
     lines = {tuple(q) for q in train}
     by_sp = {q[0]: q for q in train}
     kinds: Counter = Counter()
+    snapped = 0
     for seed in range(draws):
-        for t in generate(model, 100, seed=seed):
+        gen = torch.Generator().manual_seed(seed)
+        z = torch.randn(100, model.config.latent_size, generator=gen)
+        for t in decode_latents(model, z):
             if t in lines:
                 kinds["a line of train.txt"] += 1
             elif t[0] in by_sp:
@@ -48,35 +56,18 @@ def generation_failures(model, draws: int) -> Counter:
                 kinds[f"sp a training verb; {', '.join(wrong)} not its form"] += 1
             else:
                 kinds["sp not a training verb"] += 1
-    return kinds
+        if model.config.latent_memory:
+            keys = model.memory_keys.detach()
+            near = keys[torch.cdist(z, keys).argmin(1)]
+            snapped += sum(t in lines for t in decode_latents(model, near))
+    return kinds, snapped / (100 * draws) if model.config.latent_memory else None
 
 
 @torch.no_grad()
-def snapped_share(model, draws: int) -> tuple[float, float]:
-    """Share of tuples that are lines of train.txt, from raw z ~ N(0, I) and from the same
-    z moved to the nearest key of the latent memory (a learned map before the decoder: a
-    diagnostic, not the lab's score)."""
-    lines = {tuple(q) for q in load_train()}
-    keys = model.memory_keys.detach()
-    raw = snapped = 0
-    for seed in range(draws):  # the draws generate() makes, seed by seed
-        z = torch.randn(
-            100, model.config.latent_size, generator=torch.Generator().manual_seed(seed)
-        )
-        near = keys[torch.cdist(z, keys).argmin(1)]
-        raw += sum(t in lines for t in decode_latents(model, z))
-        snapped += sum(t in lines for t in decode_latents(model, near))
-    return raw / (100 * draws), snapped / (100 * draws)
-
-
-@torch.no_grad()
-def held_out_exact(model, pairs, z_from: str, seed: int = 0, **decode) -> float:
-    if z_from == "posterior mean":
-        words = [p[0] for p in pairs]
-        out = convert(
-            model, words, [TENSES[p[1]] for p in pairs], [TENSES[p[3]] for p in pairs], **decode
-        )
-        return sum(o == p[2] for o, p in zip(out, pairs, strict=True)) / len(pairs)
+def held_out_exact(model, held, z_from: str, seed: int = 0) -> float:
+    """Exact match over the twelve directions of ``held`` with z taken from elsewhere than
+    the posterior mean (greedy; the posterior mean is exact_by_direction's)."""
+    pairs = make_pairs(held, "cross")
     g = torch.Generator().manual_seed(seed)
     model.eval()
     right = 0
@@ -106,13 +97,13 @@ def main() -> None:
         f"# Diagnosis of {args.model}\n\nCommand: `python benchmarks/diagnose.py "
         f"{' '.join(sys.argv[1:])}`\n"
     )
-    kinds = generation_failures(model, args.draws)
+    kinds, snapped = generation(model, args.draws)
     total = sum(kinds.values())
     print(f"## {total} tuples generated from z ~ N(0, I), greedy\n\n| tuple | share |\n|---|---|")
     for kind, n in kinds.most_common():
         print(f"| {kind} | {n / total:.3f} |")
-    if model.config.latent_memory:
-        raw, snapped = snapped_share(model, args.draws)
+    if snapped is not None:
+        raw = kinds["a line of train.txt"] / total
         print(
             f"\nThe same draws moved to the nearest latent-memory key before decoding: "
             f"{snapped:.3f} lines of train.txt (raw: {raw:.3f})."
@@ -122,14 +113,13 @@ def main() -> None:
         print("\nThis model held no verbs out of training: nothing to convert that it never saw.")
         return
     _, held = split_by_verb(load_train(), meta["val_fraction"], meta["seed"], test_words())
-    pairs = make_pairs(held, "cross")
     print(f"\n## {len(held)} held-out verbs, all twelve directions (exact match)\n")
     print("| decoding | z | exact |\n|---|---|---|")
-    for label, decode in (("greedy", {}), ("beam 4", {"method": "beam", "beam_width": 4})):
-        exact = held_out_exact(model, pairs, "posterior mean", **decode)
+    for label, method in (("greedy", "greedy"), ("beam 4", "beam")):
+        exact = exact_by_direction(model, held, method=method)["mean"]
         print(f"| {label} | posterior mean | {exact:.3f} |")
     for z_from in ("zero", "a prior draw", "a posterior draw"):
-        print(f"| greedy | {z_from} | {held_out_exact(model, pairs, z_from):.3f} |")
+        print(f"| greedy | {z_from} | {held_out_exact(model, held, z_from):.3f} |")
 
 
 if __name__ == "__main__":

@@ -193,6 +193,18 @@ def make_pairs(quads: Sequence[Quad], mode: str) -> list[tuple[str, int, str, in
     return pairs
 
 
+def directed(quads: Sequence[Quad]) -> tuple[list[str], list[str], list[str], list[str]]:
+    """The twelve conversions of each line, in make_pairs' order, as four lists: the words,
+    their tenses, the words asked for and their tenses (codes)."""
+    pairs = make_pairs(quads, "cross")
+    return (
+        [p[0] for p in pairs],
+        [TENSES[p[1]] for p in pairs],
+        [p[2] for p in pairs],
+        [TENSES[p[3]] for p in pairs],
+    )
+
+
 @dataclass
 class Batch:
     """Padded batch-first tensors; padding is PAD and never reaches the loss."""
@@ -311,6 +323,7 @@ __all__ = [
     "Quad",
     "batches",
     "bundled",
+    "directed",
     "encode_sources",
     "kfold_by_verb",
     "load_test",

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from . import decoding
-from .data import Conversion, Quad, encode_sources, load_test, load_train, read_quads
+from .data import Conversion, Quad, directed, encode_sources, load_test, load_train, read_quads
 from .errors import WordError
 from .metrics import distinct_verbs, exact_match, gaussian_score, mean_bleu4, mean_std
 from .model import TenseCVAE
@@ -70,13 +70,11 @@ def convert(
     reference = getattr(model, "reference", None)
     if reference is None:
         return _convert_all(model, words, s, t, method, beam_width, sample_z, generator, None)
-    from .precision import TIE_MARGIN, autocast
+    from .precision import TIE_MARGIN
 
     if method != "greedy" or sample_z:
         raise ValueError(f"a {model.precision} model converts greedily from the posterior mean")
-    margins = torch.full((len(words),), float("inf"), device=model.device)
-    with autocast(model):
-        out = _convert_all(model, words, s, t, method, beam_width, False, None, margins)
+    out, margins = _closest_calls(model, words, s, t)
     close = (margins < TIE_MARGIN).nonzero().squeeze(1).tolist()
     model.redecoded = getattr(model, "redecoded", 0) + len(close)
     if close:
@@ -86,6 +84,26 @@ def convert(
         for i, word in zip(close, again, strict=True):
             out[i] = word
     return out
+
+
+@torch.no_grad()
+def closest_calls(
+    model: TenseCVAE, words: Sequence[str], src: str | Sequence[str], tgt: str | Sequence[str]
+) -> tuple[list[str], torch.Tensor]:
+    """Greedy conversions by ``model`` on its own (a bf16 or int8 form unchecked by its fp32
+    original), and each word's closest call: the smallest gap between its best and
+    second-best character's scores over the steps it wrote."""
+    words = check_words(model, words)
+    return _closest_calls(model, words, _indices(src, len(words)), _indices(tgt, len(words)))
+
+
+def _closest_calls(model, words, s, t) -> tuple[list[str], torch.Tensor]:
+    from .precision import autocast
+
+    margins = torch.full((len(words),), float("inf"), device=model.device)
+    with autocast(model):
+        out = _convert_all(model, words, s, t, "greedy", 4, False, None, margins)
+    return out, margins
 
 
 def _pick(index: Sequence[int], *lists: Sequence) -> list[list]:
@@ -282,19 +300,12 @@ def exact_by_direction(
 ) -> dict[str, float]:
     """Exact match of all 12 directed conversions over the quadruples, with ``mean`` (12)
     and ``sp_mean`` (the six to and from sp)."""
-    jobs = [
-        (q[i], TENSES[i], q[j], TENSES[j], f"{TENSES[i]}->{TENSES[j]}")
-        for q in quads
-        for i in range(4)
-        for j in range(4)
-        if i != j
-    ]
-    hyps = convert(
-        model, [j[0] for j in jobs], [j[1] for j in jobs], [j[3] for j in jobs], method=method
-    )
+    words, src, refs, tgt = directed(quads)
+    hyps = convert(model, words, src, tgt, method=method)
+    names = [f"{a}->{b}" for a, b in zip(src, tgt, strict=True)]
     result = {}
     for d in DIRECTIONS:
-        rows = [(j[2], h) for j, h in zip(jobs, hyps, strict=True) if j[4] == d]
+        rows = [(r, h) for r, h, n in zip(refs, hyps, names, strict=True) if n == d]
         result[d] = exact_match([r for r, _ in rows], [h for _, h in rows])
     result["mean"] = sum(result[d] for d in DIRECTIONS) / len(DIRECTIONS)
     result["sp_mean"] = sum(result[d] for d in SP_DIRECTIONS) / len(SP_DIRECTIONS)

@@ -237,8 +237,14 @@ class TenseCVAE(nn.Module):
             table = F.linear(self.chars.weight, w[:, :C])
         if self.recurrent_int8 is not None:
             return pre, CellWeights(w[:, :C], table, None, self.recurrent_int8)
-        recurrent = torch.cat([w[:, C + Zc :], d.weight_hh_l0], dim=1)
-        return pre, CellWeights(w[:, :C], table, recurrent)
+        return pre, CellWeights(w[:, :C], table, self.recurrent_weight())
+
+    def recurrent_weight(self) -> torch.Tensor:
+        """(4H, H + H): the attending decoder's weights for [fed-back output, h], the last H
+        columns of its input weights (after the characters and [z, tense]) joined to h's."""
+        d, H = self.decoder, self.config.hidden_size
+        w = d.weight_ih_l0
+        return torch.cat([w[:, w.size(1) - H :], d.weight_hh_l0], dim=1)
 
     def _inputs(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         x = self.drop(self.chars(tokens))  # (B, T, C)

@@ -97,7 +97,7 @@ def int8(model: TenseCVAE) -> TenseCVAE:
                 q, {name: per_channel_dynamic_qconfig for name in names}, dtype=torch.qint8
             )
             if q.config.attention:
-                q.recurrent_int8 = _pack(_recurrent(q))
+                q.recurrent_int8 = _pack(q.recurrent_weight().detach())
     except (RuntimeError, AttributeError, NotImplementedError) as e:
         raise PrecisionUnavailable(f"int8 is not available here: {_first_line(e)}") from None
     q.__dict__.update(precision="int8", reference=reference)  # not a submodule: no state_dict
@@ -126,13 +126,6 @@ def _probe(form: TenseCVAE) -> None:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
-
-
-def _recurrent(model: TenseCVAE) -> torch.Tensor:
-    """The attending decoder's matrix for [fed-back output, h], as _cell_weights cuts it."""
-    d, C = model.decoder, model.config.char_embedding
-    fixed = d.weight_ih_l0.size(1) - C - model.config.hidden_size  # z, tense, memory read
-    return torch.cat([d.weight_ih_l0[:, C + fixed :], d.weight_hh_l0], dim=1).detach()
 
 
 def _pack(weight: torch.Tensor):

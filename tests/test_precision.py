@@ -10,10 +10,9 @@ from torch import nn
 
 import pipeline
 from pipeline import precision
-from pipeline.data import load_test, load_train, make_pairs
-from pipeline.evaluate import _convert_all
+from pipeline.data import directed, load_test, load_train
+from pipeline.evaluate import closest_calls
 from pipeline.precision import PrecisionUnavailable, int8, lowered, quantized_modules
-from pipeline.tenses import TENSES
 from pipeline.vocab import Vocab
 
 
@@ -28,20 +27,6 @@ def form(request, shipped):
         return lowered(shipped, request.param)
     except PrecisionUnavailable as e:  # bf16 needs a CPU oneDNN runs it on
         pytest.skip(str(e))
-
-
-def _conversions(quads):
-    pairs = make_pairs(quads, "cross")
-    return [p[0] for p in pairs], [TENSES[p[1]] for p in pairs], [TENSES[p[3]] for p in pairs]
-
-
-def _alone(form, words, src, tgt):
-    """What the lower precision writes on its own, and each word's closest call."""
-    gaps = torch.full((len(words),), float("inf"))
-    s, t = [TENSES.index(x) for x in src], [TENSES.index(x) for x in tgt]
-    with torch.no_grad(), precision.autocast(form):
-        out = _convert_all(form, words, s, t, "greedy", 4, False, None, gaps)
-    return out, gaps
 
 
 def test_the_int8_copy_runs_int8_and_leaves_the_original_alone(shipped):
@@ -68,7 +53,7 @@ def test_it_converts_as_fp32_does_on_the_bundled_data(shipped, form):
         assert pipeline.convert(form, [c.source], c.src, c.tgt) == pipeline.convert(
             shipped, [c.source], c.src, c.tgt
         )
-    words, src, tgt = _conversions(random.Random(0).sample(load_train(), 150))
+    words, src, _, tgt = directed(random.Random(0).sample(load_train(), 150))
     form.redecoded = 0
     assert pipeline.convert(form, words, src, tgt) == pipeline.convert(shipped, words, src, tgt)
     assert 0 < form.redecoded < 0.15 * len(words)  # the close calls are few
@@ -79,7 +64,7 @@ def test_close_calls_are_decoded_again_in_fp32(shipped, form, monkeypatch):
     words = [w for quad in load_train()[:250] for w in quad[1:]]
     fp32 = pipeline.convert(shipped, words, "sp", "p")
     assert pipeline.convert(form, words, "sp", "p") == fp32
-    alone, gaps = _alone(form, words, ["sp"] * len(words), ["p"] * len(words))
+    alone, gaps = closest_calls(form, words, "sp", "p")
     # where the lower precision alone writes another word, it came near a tie on the way
     differ = [i for i, (a, b) in enumerate(zip(alone, fp32, strict=True)) if a != b]
     assert all(gaps[i] < precision.TIE_MARGIN for i in differ), [
