@@ -48,6 +48,20 @@ class ModelConfig:
     # log of the distance scale at the start of training (learned from there): higher reads
     # fewer slots at once, so the regions of z are sharper
     latent_memory_log_scale: float = 1.0
+    # How z reads the memory: soft, the softmax's weighted mix of values; hard, the one
+    # value of the slot with the highest weight (in training, the softmax's gradient passes
+    # through as if the read were soft: a straight-through estimator). A hard read is the
+    # same for every z in a slot's region, so the four tenses decoded from one z start from
+    # one verb's value.
+    latent_memory_read: str = "soft"
+    # With a memory: whether z itself also joins the decoder's condition beside the read.
+    # Without it, the decoder sees z only through the memory.
+    latent_memory_z: bool = True
+    # With a memory: 0, its keys learn by gradient; above 0, each key is instead the moving
+    # average (this decay per training step) of the z that read its slot, and a key that
+    # no z has read for a while moves onto the z farthest from any key (a vector
+    # quantizer's codebook with restarts), so that every slot's region holds z.
+    latent_memory_ema: float = 0.0
     max_length: int = 30  # most characters the decoder writes for one word
     dropout: float = 0.0  # on character embeddings and LSTM outputs, in training only
 
@@ -204,6 +218,15 @@ def validate(cfg: Config) -> None:
         (
             -5.0 <= m.latent_memory_log_scale <= 10.0,
             "model.latent_memory_log_scale must lie in [-5, 10]",
+        ),
+        (
+            m.latent_memory_read in ("soft", "hard"),
+            "model.latent_memory_read must be soft or hard",
+        ),
+        (0.0 <= m.latent_memory_ema < 1.0, "model.latent_memory_ema must lie in [0, 1)"),
+        (
+            m.latent_memory_z or m.latent_memory > 0,
+            "model.latent_memory_z=false needs model.latent_memory",
         ),
         (0.0 <= m.dropout < 1.0, "model.dropout must lie in [0, 1)"),
         (t.epochs >= 1 and t.batch_size >= 1, "train.epochs and train.batch_size must be >= 1"),

@@ -107,12 +107,16 @@ class TenseCVAE(nn.Module):
         self.encoder = nn.LSTM(c.char_embedding, H, batch_first=True, bidirectional=c.bidirectional)
         self.to_mu = nn.Linear(enc_out, Z)
         self.to_logvar = nn.Linear(enc_out, Z)
-        cond = Z + E
+        cond = (Z if c.latent_memory_z else 0) + E
         if c.latent_memory:
             M, D = c.latent_memory, c.latent_memory_size
             self.memory_keys = nn.Parameter(torch.randn(M, Z))
             self.memory_values = nn.Parameter(torch.randn(M, D) * 0.1)
             self.memory_log_scale = nn.Parameter(torch.tensor(float(c.latent_memory_log_scale)))
+            if c.latent_memory_ema > 0:
+                # how many z each slot has had lately, and their sum, both moving averages
+                self.register_buffer("memory_counts", torch.ones(M))
+                self.register_buffer("memory_sums", self.memory_keys.detach().clone())
             cond += D
         # The decoder starts from z joined with the target tense (and z's memory read).
         self.dec_init = nn.Linear(cond, 2 * H)
@@ -170,7 +174,9 @@ class TenseCVAE(nn.Module):
     ) -> DecoderState:
         """The decoder's state before its first step. Without a posterior (generation from
         noise) or where use_context is 0, the decoder sees z and the tense alone."""
-        parts = [z, self.tenses(tgt_tense)]
+        parts = (
+            [z, self.tenses(tgt_tense)] if self.config.latent_memory_z else [self.tenses(tgt_tense)]
+        )
         if self.config.latent_memory:
             parts.append(self.read_memory(z))
         cond = torch.cat(parts, dim=-1)  # (B, Z+E[+D])
@@ -217,11 +223,54 @@ class TenseCVAE(nn.Module):
         return self.position_bias[offset.clamp(-K, K) + K]
 
     def read_memory(self, z: torch.Tensor) -> torch.Tensor:
-        """The memory's values (B, D) weighted by softmax(-scale * |z - key|^2)."""
+        """The memory's values (B, D) weighted by softmax(-scale * |z - key|^2); a hard read
+        takes the value of the heaviest slot alone (in training, with the soft read's
+        gradient)."""
         keys = self.memory_keys
+        ema = self.config.latent_memory_ema > 0
+        if ema:  # a copy: the keys move in place below, after this read's products
+            keys = keys.detach().clone()
         d2 = (z * z).sum(1, keepdim=True) - 2 * z @ keys.t() + (keys * keys).sum(1)
-        weights = torch.softmax(-self.memory_log_scale.exp() * d2, dim=-1)
-        return weights @ self.memory_values
+        if ema and self.training and torch.is_grad_enabled():
+            self._move_keys(z.detach(), d2.detach())
+        logits = -self.memory_log_scale.exp() * d2
+        if self.config.latent_memory_read == "hard":
+            slot = logits.argmax(-1)
+            if not torch.is_grad_enabled():
+                return self.memory_values[slot]
+            weights = torch.softmax(logits, dim=-1)
+            hard = F.one_hot(slot, weights.size(-1)).to(weights.dtype)
+            weights = hard + weights - weights.detach()
+            return weights @ self.memory_values
+        return torch.softmax(logits, dim=-1) @ self.memory_values
+
+    @torch.no_grad()
+    def _move_keys(self, z: torch.Tensor, d2: torch.Tensor) -> None:
+        """One step of the keys' moving averages over the z (B, Z) read in training, then
+        restarts: each slot whose count fell below 1% of the mean takes one of the z that
+        sit farthest from their nearest key (and that key's value, to start from)."""
+        g = self.config.latent_memory_ema
+        slot = d2.argmin(1)
+        M = self.memory_keys.size(0)
+        counts = torch.zeros(M, device=z.device).index_add_(
+            0, slot, torch.ones_like(slot, dtype=z.dtype)
+        )
+        sums = torch.zeros_like(self.memory_sums).index_add_(0, slot, z)
+        self.memory_counts.mul_(g).add_(counts, alpha=1 - g)
+        self.memory_sums.mul_(g).add_(sums, alpha=1 - g)
+        live = self.memory_counts > 1e-6
+        self.memory_keys[live] = self.memory_sums[live] / self.memory_counts[live].unsqueeze(1)
+        mean = self.memory_counts.mean()
+        dead = (self.memory_counts < 0.01 * mean).nonzero().squeeze(1)
+        if len(dead) == 0:
+            return
+        far = d2.gather(1, slot.unsqueeze(1)).squeeze(1).argsort(descending=True)
+        n = min(len(dead), len(far) // 4)
+        dead, far = dead[:n], far[:n]
+        self.memory_keys[dead] = z[far]
+        self.memory_values[dead] = self.memory_values[slot[far]]
+        self.memory_counts[dead] = mean
+        self.memory_sums[dead] = z[far] * mean
 
     def _cell_weights(self, cond: torch.Tensor) -> tuple[torch.Tensor, CellWeights]:
         """The attending decoder runs its LSTM step by hand from nn.LSTM's own parameters:

@@ -41,6 +41,9 @@ def test_overrides():
         (["position_bias=3"], "position_bias needs model.attention"),
         (["made_up_stems=2"], "made_up_stems must lie"),
         (["made_up_stems=0.2"], "made_up_stems needs model.attention"),
+        (["latent_memory=8", "latent_memory_read=firm"], "latent_memory_read must be soft"),
+        (["latent_memory_z=false"], "latent_memory_z=false needs model.latent_memory"),
+        (["latent_memory=8", "latent_memory_ema=1"], "latent_memory_ema must lie"),
     ],
 )
 def test_bad_overrides(overrides, message):

@@ -103,6 +103,75 @@ def test_latent_memory_reads_the_slot_whose_key_z_sits_on():
     assert state.cond.shape == (2, 4 + 3 + 3)
 
 
+
+def test_a_hard_memory_read_is_one_slot_and_passes_the_soft_gradient():
+    m = _model(attention=True, latent_memory=7, latent_memory_size=3, latent_memory_read="hard")
+    z = torch.randn(5, 4)
+    with torch.no_grad():
+        soft_logits = -m.memory_log_scale.exp() * torch.cdist(z, m.memory_keys).pow(2)
+        slot = soft_logits.argmax(-1)
+        # every z reads exactly its nearest key's value, however soft the scale
+        assert torch.equal(m.read_memory(z), m.memory_values[slot])
+    m.train()
+    read = m.read_memory(z)  # with gradients: the same values in the forward pass
+    assert torch.allclose(read, m.memory_values[slot].detach(), atol=1e-6)
+    read.sum().backward()
+    # the keys and the scale learn through the softmax (straight-through), and only the
+    # slots read get a value gradient
+    assert m.memory_keys.grad.abs().sum() > 0 and m.memory_log_scale.grad is not None
+    touched = m.memory_values.grad.abs().sum(1) > 0
+    assert set(touched.nonzero().squeeze(1).tolist()) == set(slot.tolist())
+
+
+def test_moving_average_keys_follow_their_z_and_dead_slots_restart_on_the_farthest():
+    m = _model(
+        attention=True,
+        latent_memory=3,
+        latent_memory_size=2,
+        latent_memory_read="hard",
+        latent_memory_ema=0.5,
+    )
+    with torch.no_grad():
+        m.memory_keys.copy_(torch.tensor([[0.0] * 4, [10.0] * 4, [-10.0] * 4]))
+        m.memory_sums.copy_(m.memory_keys)
+        m.memory_counts.fill_(1.0)
+        m.memory_counts[2] = 1e-4  # slot 2 has had no z for a long while
+    z = torch.tensor([[1.0] * 4, [1.0] * 4, [9.0] * 4, [9.0] * 4, [0.5] * 4, [30.0] * 4])
+    m.train()
+    m.read_memory(z)
+    keys = m.memory_keys.detach()
+    # slot 0 had sum 0 over count 1 and takes three z summing to 2.5, at decay 0.5
+    assert torch.allclose(keys[0], torch.full((4,), (0.5 * 2.5) / (0.5 + 0.5 * 3)))
+    # slot 1: (0.5 * 10 + 0.5 * (9 + 9 + 30)) / (0.5 + 0.5 * 3)
+    assert torch.allclose(keys[1], torch.full((4,), (5.0 + 24.0) / 2.0))
+    # slot 2 was dead: it restarts on the z farthest from any key (30) with slot 1's value
+    assert torch.allclose(keys[2], torch.full((4,), 30.0))
+    assert torch.equal(m.memory_values[2], m.memory_values[1])
+    # reads out of training leave the keys alone; the keys take no gradient
+    m.eval()
+    m.read_memory(z)
+    assert torch.equal(m.memory_keys.detach(), keys)
+    m.train()
+    m.read_memory(z).sum().backward()
+    assert m.memory_keys.grad is None
+
+
+def test_without_latent_memory_z_the_decoder_sees_z_only_through_the_memory():
+    m = _model(
+        attention=True,
+        decoder_input_z=True,
+        latent_memory=7,
+        latent_memory_size=3,
+        latent_memory_read="hard",
+        latent_memory_z=False,
+    )
+    key = m.memory_keys[4].detach()
+    near = torch.stack([key, key + 1e-3])  # two z in the same slot's region
+    state = m.init_decoder(near, torch.tensor([1, 1]))
+    assert state.cond.shape == (2, 3 + 3)  # the tense and the read, no z
+    assert torch.equal(state.cond[0], state.cond[1])
+    assert torch.allclose(state.h[0, 0], state.h[0, 1], atol=1e-6)
+
 def test_copying_puts_the_gates_share_on_the_source_characters():
     m = _model(attention=True, copy=True)
     b = make_batch(PAIRS, m.vocab)
