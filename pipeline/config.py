@@ -97,6 +97,24 @@ class TrainConfig:
     # Tenses each prior draw is decoded in: 1, a random one; 4, all four forms of the verb
     # from the same z, which trains the consistency across tenses that generation is scored on.
     prior_tenses: int = 1
+    # Which training verb a prior draw is taught: posterior, the one whose posterior is
+    # likeliest at that z; sp, the one whose simple present the decoder already writes from
+    # that z (greedily, without dropout), where it writes one, else the likeliest posterior's;
+    # rest, the likeliest posterior's in the simple present and, in the other three tenses,
+    # the verb the decoder writes in the simple present. sp teaches the other tenses to follow
+    # the verb the region already has, instead of moving it, but also keeps the simple present
+    # where it is, so verbs that win regions keep them and win more; rest lets the simple
+    # present learn the posteriors' regions, and the other tenses follow it.
+    prior_anchor: str = "posterior"
+    # With prior_anchor sp or rest: 0, any training verb the decoder writes is taken; k, only one
+    # among the lines of the k forms whose posteriors are likeliest at that z. A verb that
+    # regions follow grows with each step it wins; k keeps each region's verb one whose
+    # posterior is near, so that the regions stay many.
+    prior_anchor_top: int = 0
+    # With prior_anchor sp or rest: 0, off; c, a verb is followed only while it has been the
+    # target of fewer than c times the mean number of draws per training verb so far this
+    # epoch (and at least c): no verb may take much more than its share of the prior.
+    prior_anchor_cap: float = 0.0
     # Steps between re-encodings of every training form, whose posteriors the prior's draws
     # are scored against (each step also updates the forms it encodes, and every epoch
     # starts from a full re-encoding).
@@ -260,6 +278,14 @@ def validate(cfg: Config) -> None:
         (
             t.prior_weight >= 0 and t.prior_words >= 1 and t.prior_refresh >= 1,
             "train.prior_weight >= 0, prior_words >= 1, prior_refresh >= 1",
+        ),
+        (
+            t.prior_anchor in ("posterior", "sp", "rest"),
+            "train.prior_anchor must be posterior, sp or rest",
+        ),
+        (
+            t.prior_anchor_top >= 0 and t.prior_anchor_cap >= 0,
+            "train.prior_anchor_top and train.prior_anchor_cap must be >= 0",
         ),
         (
             t.prior_tenses in (1, 4),

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from . import artifacts
+from . import artifacts, decoding
 from .config import Config
 from .data import (
     Batch,
@@ -87,6 +87,7 @@ class Trainer:
         self.pairs = make_pairs(self.kept, t.pairs)
         self._bank: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._bank_step = 0
+        self._claims = [0] * len(self.kept)
         # a form's row in the bank: line * 4 + tense (the first line, for a repeated form)
         self._bank_rows: dict[tuple[str, int], int] = {}
         for i, q in enumerate(self.kept):
@@ -222,16 +223,54 @@ class Trainer:
         z = z.to(self.device)
         # sum over dimensions of (z - mu)^2 / var + log var, for every (draw, form)
         distance = (z * z) @ inv.T - 2 * z @ mu_inv.T + const
-        nearest = distance.argmin(1).tolist()
+        lines = (distance.argmin(1) // 4).tolist()
+        followed = lines
+        if t.prior_anchor != "posterior":
+            near = None
+            if t.prior_anchor_top:
+                k = min(t.prior_anchor_top, distance.size(1))
+                near = [set(r) for r in (distance.topk(k, largest=False).indices // 4).tolist()]
+            followed, anchored = list(lines), 0
+            claims = self._claims
+            limit = t.prior_anchor_cap * max(1.0, sum(claims) / len(claims))
+            for j, word in enumerate(self._simple_presents(z)):
+                row = self._bank_rows.get((word, 0))
+                if row is None or (near is not None and row // 4 not in near[j]):
+                    continue
+                if t.prior_anchor_cap and claims[row // 4] >= limit:
+                    continue
+                followed[j], anchored = row // 4, anchored + 1
+            self._prior_anchored = anchored / len(lines)
+            if t.prior_anchor == "sp":
+                lines = followed
+            for line in followed:
+                claims[line] += 1
         if t.prior_tenses == 4:
             z = z.repeat_interleave(4, dim=0)
-            nearest = [e for e in nearest for _ in range(4)]
+            lines = [e for e in lines for _ in range(4)]
+            followed = [e for e in followed for _ in range(4)]
             tenses = list(range(4)) * t.prior_words
         else:
-            tenses = torch.randint(4, (len(nearest),), generator=self.generator).tolist()
-        quads = [self.kept[e // 4] for e in nearest]
+            tenses = torch.randint(4, (len(lines),), generator=self.generator).tolist()
+        # the simple present from ``lines``; the other tenses from ``followed``
+        quads = [
+            self.kept[a if k == 0 else b] for a, b, k in zip(lines, followed, tenses, strict=True)
+        ]
         pairs = [(q[k], k, q[k], k) for q, k in zip(quads, tenses, strict=True)]
         return z, make_batch(pairs, m.vocab).to(self.device)
+
+    def _simple_presents(self, z: torch.Tensor) -> list[str]:
+        """The simple present the decoder writes from each z alone, greedily, as generation
+        would (no dropout, no gradient)."""
+        m = self.model
+        m.eval()
+        with torch.no_grad():
+            sp = torch.zeros(z.size(0), dtype=torch.long, device=z.device)
+            ids = decoding.greedy(
+                m.decode_step, m.init_decoder(z, sp), z.size(0), m.config.max_length, z.device
+            )
+        m.train()
+        return [m.vocab.decode(row) for row in ids.tolist()]
 
     def _join_prior(self, z, b: Batch, post: Posterior, use_context):
         """The word batch with the prior's draws appended as more rows, so that one decode
@@ -298,6 +337,8 @@ class Trainer:
             per_word = reconstruction_loss(self._logits(tgt_in, state, tf), tgt_out)
             recon, prior = per_word[:n].mean(), per_word[n:].mean()
             extra["prior_recon"] = prior.item()
+            if t.prior_anchor != "posterior":
+                extra["prior_anchored"] = self._prior_anchored
         else:
             state = m.init_decoder(z, b.tgt_tense, post, use_context)
             recon = reconstruction_loss(self._logits(b.tgt_in, state, tf), b.tgt_out).mean()
@@ -346,6 +387,7 @@ class Trainer:
         sums: dict[str, float] = {}
         n, start = 0, time.perf_counter()
         self._bank = None  # encoded afresh at each epoch's start (and so after a resume)
+        self._claims = [0] * len(self.kept)  # draws each verb was followed in, this epoch
         for b in batches(self.pairs, self.model.vocab, t.batch_size, self.generator):
             if should_stop is not None and should_stop():
                 return None

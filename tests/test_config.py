@@ -44,6 +44,9 @@ def test_overrides():
         (["latent_memory=8", "latent_memory_read=firm"], "latent_memory_read must be soft"),
         (["latent_memory_z=false"], "latent_memory_z=false needs model.latent_memory"),
         (["latent_memory=8", "latent_memory_ema=1"], "latent_memory_ema must lie"),
+        (["prior_anchor=tp"], "prior_anchor must be posterior, sp or rest"),
+        (["prior_anchor_top=-1"], "prior_anchor_top and train.prior_anchor_cap must be >= 0"),
+        (["prior_anchor_cap=-1"], "prior_anchor_top and train.prior_anchor_cap must be >= 0"),
     ],
 )
 def test_bad_overrides(overrides, message):
