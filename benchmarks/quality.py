@@ -218,7 +218,8 @@ def table(runs: list[dict], seeds: int, command: str) -> str:
         "train.txt; it measures how often a generated verb comes out as four forms of one "
         "training verb when the model conjugates its own draw. 'Recall from z alone' is the share of 400 training verbs "
         "whose four forms the decoder writes exactly from the posterior of their sp form with "
-        "nothing to attend to (its mean, then one sample): the lab's generation can be no better. 'Time to "
+        "nothing to attend to (its mean, then one sample): how much of a given verb z alone "
+        "carries; generation needs less, as any training verb counts. 'Time to "
         "BLEU-4 = 1.0' sums the training seconds of the epochs up to the first scored epoch "
         "(every 2nd) with BLEU-4 = 1.0 on the posterior mean. No run reached the Gaussian target "
         "(0.90), so there is no time to it.",
