@@ -103,7 +103,6 @@ def test_latent_memory_reads_the_slot_whose_key_z_sits_on():
     assert state.cond.shape == (2, 4 + 3 + 3)
 
 
-
 def test_a_hard_memory_read_is_one_slot_and_passes_the_soft_gradient():
     m = _model(attention=True, latent_memory=7, latent_memory_size=3, latent_memory_read="hard")
     z = torch.randn(5, 4)
@@ -171,6 +170,7 @@ def test_without_latent_memory_z_the_decoder_sees_z_only_through_the_memory():
     assert state.cond.shape == (2, 3 + 3)  # the tense and the read, no z
     assert torch.equal(state.cond[0], state.cond[1])
     assert torch.allclose(state.h[0, 0], state.h[0, 1], atol=1e-6)
+
 
 def test_copying_puts_the_gates_share_on_the_source_characters():
     m = _model(attention=True, copy=True)

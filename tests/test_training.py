@@ -210,80 +210,60 @@ def test_prior_draws_in_all_four_tenses_decode_one_verb_per_draw(tiny_config, mo
 
 def test_prior_draws_anchored_on_sp_follow_the_verb_the_decoder_writes(tiny_config, monkeypatch):
     from pipeline import training
-
-    base = {"prior_weight": 1.0, "prior_words": 4, "prior_tenses": 4}
-    cfg = tiny_config.replace(train={**base, "prior_anchor": "sp"})
-    trainer = training.Trainer(cfg, pipeline.data.load_train(), torch.device("cpu"))
-    kept = trainer.kept
-    # the decoder's simple presents from the four draws: two training verbs, two not
-    written = [kept[7][0], "zzqx", kept[30][0], ""]
-    monkeypatch.setattr(trainer, "_simple_presents", lambda z: written)
-    generator = trainer.generator.get_state()
-    z, b = trainer._prior_draws()
-    targets = [trainer.model.vocab.decode(row) for row in b.tgt_out.tolist()]
-    assert targets[0:4] == list(kept[7]) and targets[8:12] == list(kept[30])
-    assert trainer._prior_anchored == 0.5
-    # where the decoder wrote no training verb, the draw keeps the likeliest posterior's
-    plain = training.Trainer(
-        tiny_config.replace(train=base), pipeline.data.load_train(), torch.device("cpu")
-    )
-    plain.model.load_state_dict(trainer.model.state_dict())
-    plain.generator.set_state(generator)
-    z2, b2 = plain._prior_draws()
-    assert torch.equal(z, z2)
-    likeliest = [plain.model.vocab.decode(row) for row in b2.tgt_out.tolist()]
-    assert targets[4:8] == likeliest[4:8] and targets[12:16] == likeliest[12:16]
-    # with prior_anchor_top, a written verb is followed only if its posterior is near
-    near = training.Trainer(
-        tiny_config.replace(train={**base, "prior_anchor": "sp", "prior_anchor_top": 1}),
-        pipeline.data.load_train(),
-        torch.device("cpu"),
-    )
-    near.model.load_state_dict(trainer.model.state_dict())
-    near.generator.set_state(generator)
-    own = likeliest[8]  # draw 2's likeliest line's simple present
-    far = next(q[0] for q in kept if q[0] != likeliest[0])
-    monkeypatch.setattr(near, "_simple_presents", lambda z: [far, "zzqx", own, ""])
-    _, b3 = near._prior_draws()
-    kept_targets = [near.model.vocab.decode(row) for row in b3.tgt_out.tolist()]
-    assert kept_targets == likeliest and near._prior_anchored == 0.25
-    # with prior_anchor_cap, a verb followed more than its share of draws is not followed
-    capped = training.Trainer(
-        tiny_config.replace(train={**base, "prior_anchor": "sp", "prior_anchor_cap": 2}),
-        pipeline.data.load_train(),
-        torch.device("cpu"),
-    )
-    capped.model.load_state_dict(trainer.model.state_dict())
-    capped.generator.set_state(generator)
-    capped._claims[7] = 2  # already twice the mean (under 1 a verb): no more
-    monkeypatch.setattr(capped, "_simple_presents", lambda z: written)
-    _, b5 = capped._prior_draws()
-    capped_targets = [capped.model.vocab.decode(row) for row in b5.tgt_out.tolist()]
-    assert capped_targets[0:4] == likeliest[0:4] and capped_targets[8:12] == list(kept[30])
-    assert capped._claims[30] >= 1 and capped._prior_anchored == 0.25
-    # rest: the simple present keeps the likeliest posterior's verb, the others follow
-    rest = training.Trainer(
-        tiny_config.replace(train={**base, "prior_anchor": "rest"}),
-        pipeline.data.load_train(),
-        torch.device("cpu"),
-    )
-    rest.model.load_state_dict(trainer.model.state_dict())
-    rest.generator.set_state(generator)
-    monkeypatch.setattr(rest, "_simple_presents", lambda z: written)
-    _, b4 = rest._prior_draws()
-    rest_targets = [rest.model.vocab.decode(row) for row in b4.tgt_out.tolist()]
-    assert rest_targets[0] == likeliest[0] and rest_targets[1:4] == list(kept[7][1:])
-    assert rest_targets[8] == likeliest[8] and rest_targets[9:12] == list(kept[30][1:])
-    assert rest_targets[4:8] == likeliest[4:8] and rest_targets[12:16] == likeliest[12:16]
-    # the real decoder's simple presents are what greedy generation writes from z alone
-    trainer = training.Trainer(cfg, pipeline.data.load_train(), torch.device("cpu"))
-    trainer.model.train()
-    sp = trainer._simple_presents(z[::4])
-    assert trainer.model.training
     from pipeline.evaluate import decode_latents
 
-    quads = decode_latents(trainer.model, z[::4])
-    assert sp == [q[0] for q in quads]
+    base = {"prior_weight": 1.0, "prior_words": 4, "prior_tenses": 4}
+    first = training.Trainer(
+        tiny_config.replace(train={**base, "prior_anchor": "sp"}),
+        pipeline.data.load_train(),
+        torch.device("cpu"),
+    )
+    kept, weights, generator = first.kept, first.model.state_dict(), first.generator.get_state()
+
+    def draws(written, claims=None, **options):
+        """The targets of the same four draws, by a trainer with these options whose decoder
+        writes ``written`` in the simple present; its share anchored; the draws."""
+        trainer = training.Trainer(
+            tiny_config.replace(train={**base, **options}),
+            pipeline.data.load_train(),
+            torch.device("cpu"),
+        )
+        trainer.model.load_state_dict(weights)
+        trainer.generator.set_state(generator)
+        for line, n in (claims or {}).items():
+            trainer._claims[line] = n
+        monkeypatch.setattr(trainer, "_simple_presents", lambda z: written)
+        z, b = trainer._prior_draws()
+        share = getattr(trainer, "_prior_anchored", None)
+        return [trainer.model.vocab.decode(row) for row in b.tgt_out.tolist()], share, z
+
+    likeliest, _, z = draws([], prior_anchor="posterior")
+    # the decoder's simple presents from the four draws: two training verbs, two not
+    written = [kept[7][0], "zzqx", kept[30][0], ""]
+    targets, share, z_sp = draws(written, prior_anchor="sp")
+    assert torch.equal(z, z_sp)
+    assert targets[0:4] == list(kept[7]) and targets[8:12] == list(kept[30]) and share == 0.5
+    # where the decoder wrote no training verb, the draw keeps the likeliest posterior's
+    assert targets[4:8] == likeliest[4:8] and targets[12:16] == likeliest[12:16]
+    # with prior_anchor_top, a written verb is followed only if its posterior is near
+    own = likeliest[8]  # draw 2's likeliest line's simple present
+    far = next(q[0] for q in kept if q[0] != likeliest[0])
+    near, share, _ = draws([far, "zzqx", own, ""], prior_anchor="sp", prior_anchor_top=1)
+    assert near == likeliest and share == 0.25
+    # with prior_anchor_cap, a verb followed more than its share of draws is not followed;
+    # line 7 has already been followed twice the mean (under 1 a verb): no more
+    capped, share, _ = draws(written, {7: 2}, prior_anchor="sp", prior_anchor_cap=2)
+    assert capped[0:4] == likeliest[0:4] and capped[8:12] == list(kept[30]) and share == 0.25
+    # rest: the simple present keeps the likeliest posterior's verb, the others follow
+    rest, _, _ = draws(written, prior_anchor="rest")
+    assert rest[0] == likeliest[0] and rest[1:4] == list(kept[7][1:])
+    assert rest[8] == likeliest[8] and rest[9:12] == list(kept[30][1:])
+    assert rest[4:8] == likeliest[4:8] and rest[12:16] == likeliest[12:16]
+    # the real decoder's simple presents are what greedy generation writes from z alone
+    first.model.train()
+    sp = first._simple_presents(z[::4])
+    assert first.model.training
+    assert sp == [q[0] for q in decode_latents(first.model, z[::4])]
     with pytest.raises(pipeline.ConfigError, match="prior_anchor"):
         tiny_config.replace(train={"prior_anchor": "tp"})
 
