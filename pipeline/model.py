@@ -252,9 +252,7 @@ class TenseCVAE(nn.Module):
         g = self.config.latent_memory_ema
         slot = d2.argmin(1)
         M = self.memory_keys.size(0)
-        counts = torch.zeros(M, device=z.device).index_add_(
-            0, slot, torch.ones_like(slot, dtype=z.dtype)
-        )
+        counts = torch.bincount(slot, minlength=M).to(z.dtype)
         sums = torch.zeros_like(self.memory_sums).index_add_(0, slot, z)
         self.memory_counts.mul_(g).add_(counts, alpha=1 - g)
         self.memory_sums.mul_(g).add_(sums, alpha=1 - g)

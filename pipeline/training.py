@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from . import artifacts, decoding
+from . import artifacts
 from .config import Config
 from .data import (
     Batch,
@@ -27,7 +27,7 @@ from .data import (
     test_words,
 )
 from .errors import ConfigError, TrainingDiverged
-from .evaluate import bleu_on, exact_by_direction, gaussian
+from .evaluate import _decode, bleu_on, exact_by_direction, gaussian
 from .model import Posterior, TenseCVAE, kl_divergence, mmd, reconstruction_loss
 from .schedules import kl_weight, learning_rate, teacher_forcing
 from .vocab import PAD, UNK, Vocab
@@ -266,11 +266,9 @@ class Trainer:
         m.eval()
         with torch.no_grad():
             sp = torch.zeros(z.size(0), dtype=torch.long, device=z.device)
-            ids = decoding.greedy(
-                m.decode_step, m.init_decoder(z, sp), z.size(0), m.config.max_length, z.device
-            )
+            words = _decode(m, m.init_decoder(z, sp), z.size(0))
         m.train()
-        return [m.vocab.decode(row) for row in ids.tolist()]
+        return words
 
     def _join_prior(self, z, b: Batch, post: Posterior, use_context):
         """The word batch with the prior's draws appended as more rows, so that one decode
