@@ -115,6 +115,11 @@ class TrainConfig:
     # target of fewer than c times the mean number of draws per training verb so far this
     # epoch (and at least c): no verb may take much more than its share of the prior.
     prior_anchor_cap: float = 0.0
+    # With prior_anchor_cap: where a draw does not follow the verb written (none written, or
+    # that verb over the cap), likeliest teaches it the verb whose posterior is likeliest at z,
+    # even one over the cap; under_cap, the likeliest among those under it, so that no region
+    # grows past the cap by the fallback either.
+    prior_anchor_fallback: str = "likeliest"
     # Steps between re-encodings of every training form, whose posteriors the prior's draws
     # are scored against (each step also updates the forms it encodes, and every epoch
     # starts from a full re-encoding).
@@ -128,6 +133,11 @@ class TrainConfig:
     # .made_up_stems), always decoded with attention and z from the prior: verbs no one has
     # seen, which only copying the stem gets right. 0: off.
     made_up_stems: float = 0.0
+    # Share of an epoch's pairs trained twice: the hardest, by their loss when last decoded
+    # with attention (in the first epoch, a random share). The rule that attending learns is
+    # met far more often than a verb's exceptions (take -> took): these pairs get a second
+    # pass each epoch. 0: off.
+    hard_pairs: float = 0.0
     val_fraction: float = 0.0  # share of verbs held out for validation (split by verb)
     max_lines: int = 0  # train on the first N lines only (smoke tests); 0: all
     select: str = "last"  # which epoch's weights to keep: last, or best on val_exact / bleu4
@@ -274,6 +284,7 @@ def validate(cfg: Config) -> None:
             "train.made_up_stems needs model.attention",
         ),
         (0 <= t.val_fraction < 1, "train.val_fraction must lie in [0, 1)"),
+        (0 <= t.hard_pairs <= 1, "train.hard_pairs must lie in [0, 1]"),
         (t.max_lines >= 0, "train.max_lines must be >= 0"),
         (
             t.prior_weight >= 0 and t.prior_words >= 1 and t.prior_refresh >= 1,
@@ -286,6 +297,10 @@ def validate(cfg: Config) -> None:
         (
             t.prior_anchor_top >= 0 and t.prior_anchor_cap >= 0,
             "train.prior_anchor_top and train.prior_anchor_cap must be >= 0",
+        ),
+        (
+            t.prior_anchor_fallback in ("likeliest", "under_cap"),
+            "train.prior_anchor_fallback must be likeliest or under_cap",
         ),
         (
             t.prior_tenses in (1, 4),

@@ -97,7 +97,11 @@ class Trainer:
         self.model = TenseCVAE(config.model, Vocab()).to(device)
         self.optimizer = make_optimizer(self.model, config)
         self.generator = torch.Generator().manual_seed(t.seed)
-        self.steps_per_epoch = math.ceil(len(self.pairs) / t.batch_size)
+        # each pair's loss when last decoded with attention, for hard_pairs
+        self._pair_loss = torch.zeros(len(self.pairs))
+        self._pair_rows = {(p[0], p[1], p[3]): i for i, p in enumerate(self.pairs)}
+        self.hard = round(len(self.pairs) * t.hard_pairs)
+        self.steps_per_epoch = math.ceil((len(self.pairs) + self.hard) / t.batch_size)
         self.total_steps = self.steps_per_epoch * t.epochs
         self.epoch, self.step = 0, 0
         self.history: list[dict[str, float]] = []
@@ -116,6 +120,8 @@ class Trainer:
             "best_score": self.best_score,
             "config": self.config.to_dict(),
         }
+        if self.hard:
+            state["pair_loss"] = self._pair_loss.tolist()
         return artifacts.checkpoint_to_bytes(
             self.model, self.optimizer, self.generator.get_state(), state, self.best
         )
@@ -131,6 +137,8 @@ class Trainer:
         self.epoch, self.step, self.history = s["epoch"], s["step"], s["history"]
         self.best_epoch, self.best_score = s["best_epoch"], s["best_score"]
         self.best = parts["best"]
+        if self.hard and "pair_loss" in s:
+            self._pair_loss = torch.tensor(s["pair_loss"])
 
     # -- one step -------------------------------------------------------------------
     def _drop_words(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -233,13 +241,18 @@ class Trainer:
             followed, anchored = list(lines), 0
             claims = self._claims
             limit = t.prior_anchor_cap * max(1.0, sum(claims) / len(claims))
+            under = t.prior_anchor_cap and t.prior_anchor_fallback == "under_cap"
             for j, word in enumerate(self._simple_presents(z)):
                 row = self._bank_rows.get((word, 0))
-                if row is None or (near is not None and row // 4 not in near[j]):
-                    continue
-                if t.prior_anchor_cap and claims[row // 4] >= limit:
-                    continue
-                followed[j], anchored = row // 4, anchored + 1
+                line = None if row is None else row // 4
+                if line is not None and near is not None and line not in near[j]:
+                    line = None  # too far from the draw
+                if line is not None and t.prior_anchor_cap and claims[line] >= limit:
+                    line = None  # over the cap
+                if line is not None:
+                    followed[j], anchored = line, anchored + 1
+                elif under and claims[lines[j]] >= limit:
+                    followed[j] = self._likeliest_under(distance[j], claims, limit)
             self._prior_anchored = anchored / len(lines)
             if t.prior_anchor == "sp":
                 lines = followed
@@ -258,6 +271,13 @@ class Trainer:
         ]
         pairs = [(q[k], k, q[k], k) for q, k in zip(quads, tenses, strict=True)]
         return z, make_batch(pairs, m.vocab).to(self.device)
+
+    @staticmethod
+    def _likeliest_under(distance: torch.Tensor, claims: list[int], limit: float) -> int:
+        """The line whose posterior is likeliest at a draw (its ``distance`` to every
+        form) among those followed fewer than ``limit`` times; the likeliest of all if none."""
+        order = (distance.argsort() // 4).tolist()
+        return next((line for line in order if claims[line] < limit), order[0])
 
     def _simple_presents(self, z: torch.Tensor) -> list[str]:
         """The simple present the decoder writes from each z alone, greedily, as generation
@@ -333,13 +353,16 @@ class Trainer:
         if t.prior_weight > 0:
             state, tgt_in, tgt_out, n = self._join_prior(z, b, post, use_context)
             per_word = reconstruction_loss(self._logits(tgt_in, state, tf), tgt_out)
+            self._note_losses(b, per_word[:n], use_context)
             recon, prior = per_word[:n].mean(), per_word[n:].mean()
             extra["prior_recon"] = prior.item()
             if t.prior_anchor != "posterior":
                 extra["prior_anchored"] = self._prior_anchored
         else:
             state = m.init_decoder(z, b.tgt_tense, post, use_context)
-            recon = reconstruction_loss(self._logits(b.tgt_in, state, tf), b.tgt_out).mean()
+            per_word = reconstruction_loss(self._logits(b.tgt_in, state, tf), b.tgt_out)
+            self._note_losses(b, per_word, use_context)
+            recon = per_word.mean()
         kl_dims, share = self._kl(post.mu, post.logvar, posterior_used)
         kl_sum = kl_dims.clamp(min=t.free_bits).sum() if t.free_bits > 0 else kl_dims.sum()
         kl_term = share * (kl_sum.clamp(min=t.free_nats) if t.free_nats > 0 else kl_sum)
@@ -378,6 +401,28 @@ class Trainer:
             **extra,
         }
 
+    def _note_losses(self, b: Batch, per_word: torch.Tensor, use_context) -> None:
+        """For hard_pairs: the loss of each pair of the batch decoded with attention (or of
+        every pair, without attention). Made-up stems are no pair and are passed over."""
+        if not self.hard:
+            return
+        rows = range(per_word.size(0)) if use_context is None else use_context.nonzero()[:, 0]
+        losses, vocab = per_word.detach().cpu(), self.model.vocab
+        src, src_tense, tgt_tense = b.src.tolist(), b.src_tense.tolist(), b.tgt_tense.tolist()
+        for r in [int(r) for r in rows]:
+            i = self._pair_rows.get((vocab.decode(src[r]), src_tense[r], tgt_tense[r]))
+            if i is not None:
+                self._pair_loss[i] = losses[r]
+
+    def epoch_pairs(self) -> list[tuple[str, int, str, int]]:
+        """The epoch's pairs: every pair, and with hard_pairs the hardest again (ties, as in
+        the first epoch, broken at random)."""
+        if not self.hard:
+            return self.pairs
+        jitter = torch.rand(len(self.pairs), generator=self.generator) * 1e-3
+        hardest = (self._pair_loss + jitter).topk(self.hard).indices.tolist()
+        return self.pairs + [self.pairs[i] for i in hardest]
+
     # -- one epoch ------------------------------------------------------------------
     def run_epoch(self, should_stop: Callable[[], bool] | None) -> dict[str, float] | None:
         t = self.config.train
@@ -386,7 +431,7 @@ class Trainer:
         n, start = 0, time.perf_counter()
         self._bank = None  # encoded afresh at each epoch's start (and so after a resume)
         self._claims = [0] * len(self.kept)  # draws each verb was followed in, this epoch
-        for b in batches(self.pairs, self.model.vocab, t.batch_size, self.generator):
+        for b in batches(self.epoch_pairs(), self.model.vocab, t.batch_size, self.generator):
             if should_stop is not None and should_stop():
                 return None
             figures = self.train_step(b.to(self.device))

@@ -36,7 +36,9 @@ def test_same_seed_same_figures(tiny_config, tiny_run):
     assert strip == [{k: v for k, v in h.items() if k not in drop} for h in tiny_run[0].history]
 
 
-@pytest.mark.parametrize("extra", [{}, {"prior_weight": 1.0, "prior_refresh": 3}])
+@pytest.mark.parametrize(
+    "extra", [{}, {"prior_weight": 1.0, "prior_refresh": 3}, {"hard_pairs": 0.25}]
+)
 def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tiny_config, extra):
     cfg = tiny_config.replace(train={"epochs": 2, "eval_gaussian_draws": 0, **extra})
     full = pipeline.train(cfg)
@@ -254,6 +256,21 @@ def test_prior_draws_anchored_on_sp_follow_the_verb_the_decoder_writes(tiny_conf
     # line 7 has already been followed twice the mean (under 1 a verb): no more
     capped, share, _ = draws(written, {7: 2}, prior_anchor="sp", prior_anchor_cap=2)
     assert capped[0:4] == likeliest[0:4] and capped[8:12] == list(kept[30]) and share == 0.25
+    # a fallback over the cap too: likeliest keeps it, under_cap takes the likeliest line
+    # under the cap instead (draws 0 and 3 have the same likeliest line here)
+    first_line = next(i for i, q in enumerate(kept) if list(q) == likeliest[0:4])
+    over = {7: 2, first_line: 2}
+    kept_over, _, _ = draws(written, over, prior_anchor="sp", prior_anchor_cap=2)
+    assert kept_over[0:4] == likeliest[0:4]
+    spread, share, _ = draws(
+        written, over, prior_anchor="sp", prior_anchor_cap=2, prior_anchor_fallback="under_cap"
+    )
+    assert share == 0.25 and spread[4:12] == capped[4:12]
+    for i in (0, 12):
+        if likeliest[i : i + 4] == likeliest[0:4]:
+            assert spread[i : i + 4] not in (likeliest[0:4], list(kept[7]))
+        assert tuple(spread[i : i + 4]) in set(kept)
+    assert spread[0:4] != likeliest[0:4]
     # rest: the simple present keeps the likeliest posterior's verb, the others follow
     rest, _, _ = draws(written, prior_anchor="rest")
     assert rest[0] == likeliest[0] and rest[1:4] == list(kept[7][1:])
@@ -401,3 +418,30 @@ def test_the_optimizer_follows_the_learning_rate_schedule(tiny_config):
     assert 0.45 * lr < pipeline.train(cfg).history[-1]["lr"] < 0.65 * lr
     flat = cfg.replace(train={"lr_schedule": "constant"})
     assert pipeline.train(flat).history[-1]["lr"] == pytest.approx(lr)
+
+
+def test_hard_pairs_are_the_pairs_attention_decoded_worst_trained_again(tiny_config):
+    from pipeline import training
+    from pipeline.data import make_batch
+
+    trainer = training.Trainer(
+        tiny_config.replace(train={"hard_pairs": 0.1}), pipeline.data.load_train(), "cpu"
+    )
+    n = len(trainer.pairs)
+    assert trainer.hard == round(n * 0.1)
+    assert trainer.steps_per_epoch == -(-(n + trainer.hard) // trainer.config.train.batch_size)
+    # the first epoch knows no losses: every pair once, and a random tenth again
+    first = trainer.epoch_pairs()
+    assert first[:n] == trainer.pairs and len(first) == n + trainer.hard
+    assert len(set(first[n:])) == trainer.hard
+    # a batch's losses are noted for the pairs decoded with attention only
+    batch = make_batch(trainer.pairs[:4], trainer.model.vocab)
+    attended = torch.tensor([True, False, True, False])
+    trainer._note_losses(batch, torch.tensor([5.0, 6.0, 7.0, 8.0]), attended)
+    assert trainer._pair_loss[:4].tolist() == [5.0, 0.0, 7.0, 0.0]
+    hard = trainer.epoch_pairs()[n:]
+    assert hard[:2] == [trainer.pairs[2], trainer.pairs[0]]  # the worst first
+    # off, an epoch is the pairs as they are, and nothing is noted
+    off = training.Trainer(tiny_config, pipeline.data.load_train(), "cpu")
+    off._note_losses(batch, torch.tensor([5.0, 6.0, 7.0, 8.0]), attended)
+    assert off.epoch_pairs() is off.pairs and not off._pair_loss.any()
