@@ -136,7 +136,17 @@ def _convert_chunk(
         return []
     dev = model.device
     ids, lengths = encode_sources(words, model.vocab)
-    post = model.encode(ids.to(dev), lengths, torch.tensor(s, device=dev))
+    ids, s_t = ids.to(dev), torch.tensor(s, device=dev)
+    try:
+        post = model.encode(ids, lengths, s_t)
+    except RuntimeError:
+        if getattr(model, "precision", None) != "bf16":
+            raise
+        # On some CPUs (AVX2 ones, 2026-11-30) oneDNN builds no bf16 LSTM primitive for a
+        # packed batch whose words all have one length, as length-sorted chunks and single
+        # words often are: the encoder runs such a chunk in fp32; the decoder stays bf16.
+        with torch.autocast(dev.type, enabled=False):
+            post = model.encode(ids, lengths, s_t)
     z = model.reparameterize(post.mu, post.logvar, generator) if sample_z else post.mu
     state = model.init_decoder(z, torch.tensor(t, device=dev), post)
     return _decode(model, state, len(words), method, beam_width, margins)

@@ -118,6 +118,7 @@ def _probe(form: TenseCVAE) -> None:
 
     try:
         convert(form, ["walk", "abandon", "go"], "sp", "p")
+        convert(form, ["walk"], "sp", "p")  # one length: the encoder's fp32 fallback
     except RuntimeError as e:  # oneDNN refuses bf16 LSTM primitives on some CPUs
         what = precision_of(form)
         raise PrecisionUnavailable(f"{what} is not available here: {_first_line(e)}") from None

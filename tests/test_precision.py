@@ -39,11 +39,12 @@ def test_the_int8_copy_runs_int8_and_leaves_the_original_alone(shipped):
 
 
 def test_lower_precision_moves_scores_a_little_not_a_lot(shipped, form):
-    ids = torch.tensor([[4, 5, 6, 7, 8]])
+    # two words of two lengths: a batch oneDNN runs in bf16 on every CPU seen so far
+    ids, lengths, tense = torch.tensor([[4, 5, 6, 7, 8], [6, 7, 8, 0, 0]]), [5, 3], [0, 0]
     with torch.no_grad():
-        a = shipped.encode(ids, torch.tensor([5]), torch.tensor([0])).mu
+        a = shipped.encode(ids, torch.tensor(lengths), torch.tensor(tense)).mu
         with precision.autocast(form):
-            b = form.encode(ids, torch.tensor([5]), torch.tensor([0])).mu
+            b = form.encode(ids, torch.tensor(lengths), torch.tensor(tense)).mu
     assert 0 < (a - b.float()).abs().max() < 0.1
     assert form.precision in ("bf16", "int8") and shipped.__dict__.get("precision") is None
 
@@ -93,3 +94,32 @@ def test_a_model_without_attention_quantizes_its_decoder(tiny_config):
     assert {"encoder", "decoder"} <= set(quantized_modules(q))
     words = ["walk", "sing", "abandon"]
     assert pipeline.convert(q, words, "sp", "pg") == pipeline.convert(model, words, "sp", "pg")
+
+
+def test_a_chunk_onednn_cannot_encode_in_bf16_is_encoded_in_fp32(shipped, monkeypatch):
+    """Some CPUs build no bf16 LSTM primitive for a batch whose words share one length
+    (single words, length-sorted chunks); such a chunk's encoder runs in fp32, and the words
+    come out as fp32's. Elsewhere an encoder error is not swallowed."""
+    ids, lengths, tense = torch.tensor([[4, 5, 6], [6, 7, 0]]), torch.tensor([3, 2]), [0, 0]
+    try:  # whether this CPU runs bf16 at all, apart from the fallback under test
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            shipped.encode(ids, lengths, torch.tensor(tense))
+    except RuntimeError as e:
+        pytest.skip(f"no bf16 LSTM on this CPU: {e}")
+    monkeypatch.setattr(precision, "_probe", lambda form: None)
+    form = lowered(shipped, "bf16")
+    encoder, calls = shipped.encoder.forward, []
+
+    def refuses_bf16(*args, **kwargs):
+        calls.append(torch.is_autocast_enabled("cpu"))
+        if calls[-1]:
+            raise RuntimeError("could not create a primitive descriptor for the LSTM")
+        return encoder(*args, **kwargs)
+
+    monkeypatch.setattr(shipped.encoder, "forward", refuses_bf16)  # form shares the module
+    words = ["walk", "talk", "jump", "abandon"]
+    assert pipeline.convert(form, words, "sp", "p") == ["walked", "talked", "jumped", "abandoned"]
+    assert True in calls and False in calls
+    monkeypatch.setattr(shipped.encoder, "forward", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        pipeline.convert(form, words, "sp", "p")
