@@ -201,13 +201,21 @@ class Trainer:
         inv = torch.exp(-logvar)
         return inv, mu * inv, (mu * mu * inv).sum(1) + logvar.sum(1)
 
-    def _update_bank(self, b: Batch, mu: torch.Tensor, logvar: torch.Tensor) -> None:
+    def _source_words(self, b: Batch) -> list[str]:
+        """The batch's source words as strings, decoded once a step for the bank and the
+        pair losses alike."""
+        return [self.model.vocab.decode(ids) for ids in b.src.tolist()]
+
+    def _update_bank(
+        self, b: Batch, mu: torch.Tensor, logvar: torch.Tensor, words: list[str] | None = None
+    ) -> None:
         """Every step encodes a batch of training forms anyway: their posteriors replace
         theirs in the bank, so it stays about as fresh as full re-encodings would keep it
         (each form is a source four times an epoch) without their cost."""
-        vocab, rows, keep = self.model.vocab, [], []
-        for i, (ids, tense) in enumerate(zip(b.src.tolist(), b.src_tense.tolist(), strict=True)):
-            row = self._bank_rows.get((vocab.decode(ids), tense))
+        words = self._source_words(b) if words is None else words
+        rows, keep = [], []
+        for i, (word, tense) in enumerate(zip(words, b.src_tense.tolist(), strict=True)):
+            row = self._bank_rows.get((word, tense))
             if row is not None:
                 rows.append(row)
                 keep.append(i)
@@ -331,8 +339,10 @@ class Trainer:
         if t.made_up_stems > 0:  # validated to come with attention
             b, made_up = made_up_stems(b, m.vocab, t.made_up_stems, self.generator)
         post = m.encode(b.src, b.src_len, b.src_tense)
-        if t.prior_weight > 0 and self._bank is not None:
-            self._update_bank(b, post.mu, post.logvar)
+        fresh_bank = t.prior_weight > 0 and self._bank is not None
+        words = self._source_words(b) if fresh_bank or self.hard else None
+        if fresh_bank:
+            self._update_bank(b, post.mu, post.logvar, words)
         z = posterior_z = m.reparameterize(post.mu, post.logvar, self.generator)
         use_context = posterior_used = None
         if m.config.attention:
@@ -353,7 +363,7 @@ class Trainer:
         if t.prior_weight > 0:
             state, tgt_in, tgt_out, n = self._join_prior(z, b, post, use_context)
             per_word = reconstruction_loss(self._logits(tgt_in, state, tf), tgt_out)
-            self._note_losses(b, per_word[:n], use_context)
+            self._note_losses(b, per_word[:n], use_context, words)
             recon, prior = per_word[:n].mean(), per_word[n:].mean()
             extra["prior_recon"] = prior.item()
             if t.prior_anchor != "posterior":
@@ -361,7 +371,7 @@ class Trainer:
         else:
             state = m.init_decoder(z, b.tgt_tense, post, use_context)
             per_word = reconstruction_loss(self._logits(b.tgt_in, state, tf), b.tgt_out)
-            self._note_losses(b, per_word, use_context)
+            self._note_losses(b, per_word, use_context, words)
             recon = per_word.mean()
         kl_dims, share = self._kl(post.mu, post.logvar, posterior_used)
         kl_sum = kl_dims.clamp(min=t.free_bits).sum() if t.free_bits > 0 else kl_dims.sum()
@@ -401,16 +411,19 @@ class Trainer:
             **extra,
         }
 
-    def _note_losses(self, b: Batch, per_word: torch.Tensor, use_context) -> None:
+    def _note_losses(
+        self, b: Batch, per_word: torch.Tensor, use_context, words: list[str] | None = None
+    ) -> None:
         """For hard_pairs: the loss of each pair of the batch decoded with attention (or of
         every pair, without attention). Made-up stems are no pair and are passed over."""
         if not self.hard:
             return
         rows = range(per_word.size(0)) if use_context is None else use_context.nonzero()[:, 0]
-        losses, vocab = per_word.detach().cpu(), self.model.vocab
-        src, src_tense, tgt_tense = b.src.tolist(), b.src_tense.tolist(), b.tgt_tense.tolist()
+        losses = per_word.detach().cpu()
+        words = self._source_words(b) if words is None else words
+        src_tense, tgt_tense = b.src_tense.tolist(), b.tgt_tense.tolist()
         for r in [int(r) for r in rows]:
-            i = self._pair_rows.get((vocab.decode(src[r]), src_tense[r], tgt_tense[r]))
+            i = self._pair_rows.get((words[r], src_tense[r], tgt_tense[r]))
             if i is not None:
                 self._pair_loss[i] = losses[r]
 
