@@ -156,12 +156,14 @@ def test_database_cut_briefly_mid_job_is_retried(tmp_path, database):
 def test_database_gone_longer_than_the_retry_window(tmp_path, database):
     """The database stays away past TENSEVAE_DB_RETRY: the worker gives the job up without
     a half-written result; once the database is back, the job is found stale, requeued
-    and resumed from its last checkpoint, each epoch recorded once."""
+    and resumed from its last checkpoint, each epoch recorded once. The stale window (5 s,
+    ten heartbeats) leaves room for a heartbeat delayed by a loaded machine, which would
+    requeue the job while its worker still runs it; the outage (8 s) outlasts it."""
     with _training_behind_a_proxy(
-        tmp_path, database, 10, TENSEVAE_STALE_AFTER="3", TENSEVAE_DB_RETRY="1"
+        tmp_path, database, 10, TENSEVAE_STALE_AFTER="5", TENSEVAE_DB_RETRY="1"
     ) as (_, proxy, job):
         proxy.cut()
-        time.sleep(6)
+        time.sleep(8)
         proxy.restore()
         done = wait_for(job, timeout=240)
         log = (tmp_path / "w1.log").read_text()
