@@ -21,6 +21,10 @@ class ModelConfig:
     attention: bool = False  # decoder attends to the encoder's character states
     context_dropout: float = 0.0  # share of training words whose decoder gets no attention
     decoder_input_z: bool = False  # z and the target tense join every decoder input
+    # Whether the target tense joins z in the decoder's initial state. Without it the four
+    # tenses of one z start from one state, and the tense enters at every step only (needs
+    # decoder_input_z): the verb a z holds is set before the tense is known.
+    decoder_init_tense: bool = True
     # In training, a word whose decoder attends gets z drawn from the prior instead of its
     # posterior: the attending path must then spell from the source characters (and so
     # generalise to new verbs), while the path without attention must spell from z alone.
@@ -255,6 +259,10 @@ def validate(cfg: Config) -> None:
         (
             m.latent_memory_z or m.latent_memory > 0,
             "model.latent_memory_z=false needs model.latent_memory",
+        ),
+        (
+            m.decoder_init_tense or m.decoder_input_z,
+            "model.decoder_init_tense=false needs model.decoder_input_z",
         ),
         (0.0 <= m.dropout < 1.0, "model.dropout must lie in [0, 1)"),
         (t.epochs >= 1 and t.batch_size >= 1, "train.epochs and train.batch_size must be >= 1"),

@@ -118,8 +118,9 @@ class TenseCVAE(nn.Module):
                 self.register_buffer("memory_counts", torch.ones(M))
                 self.register_buffer("memory_sums", self.memory_keys.detach().clone())
             cond += D
-        # The decoder starts from z joined with the target tense (and z's memory read).
-        self.dec_init = nn.Linear(cond, 2 * H)
+        # The decoder starts from z joined with the target tense (and z's memory read), or
+        # from z alone (decoder_init_tense false: the tense then enters at every step).
+        self.dec_init = nn.Linear(cond - (0 if c.decoder_init_tense else E), 2 * H)
         # With attention the decoder is fed its previous attentional output (input feeding),
         # so it knows where in the source it has read up to.
         dec_in = c.char_embedding + (cond if c.decoder_input_z else 0) + (H if c.attention else 0)
@@ -174,13 +175,15 @@ class TenseCVAE(nn.Module):
     ) -> DecoderState:
         """The decoder's state before its first step. Without a posterior (generation from
         noise) or where use_context is 0, the decoder sees z and the tense alone."""
-        parts = (
-            [z, self.tenses(tgt_tense)] if self.config.latent_memory_z else [self.tenses(tgt_tense)]
-        )
+        tense = self.tenses(tgt_tense)
+        parts = [z, tense] if self.config.latent_memory_z else [tense]
         if self.config.latent_memory:
             parts.append(self.read_memory(z))
         cond = torch.cat(parts, dim=-1)  # (B, Z+E[+D])
-        h0, c0 = torch.tanh(self.dec_init(cond)).chunk(2, dim=-1)
+        init = cond
+        if not self.config.decoder_init_tense:  # one start for all four tenses of a z
+            init = torch.cat([part for part in parts if part is not tense], dim=-1)
+        h0, c0 = torch.tanh(self.dec_init(init)).chunk(2, dim=-1)
         memory = mask = flag = feed = src = None
         if self.config.attention:
             feed = z.new_zeros(z.size(0), self.config.hidden_size)

@@ -43,6 +43,7 @@ def test_overrides():
         (["made_up_stems=0.2"], "made_up_stems needs model.attention"),
         (["latent_memory=8", "latent_memory_read=firm"], "latent_memory_read must be soft"),
         (["latent_memory_z=false"], "latent_memory_z=false needs model.latent_memory"),
+        (["decoder_init_tense=false"], "decoder_init_tense=false needs model.decoder_input_z"),
         (["latent_memory=8", "latent_memory_ema=1"], "latent_memory_ema must lie"),
         (["prior_anchor=tp"], "prior_anchor must be posterior, sp or rest"),
         (["prior_anchor_top=-1"], "prior_anchor_top and train.prior_anchor_cap must be >= 0"),

@@ -1,5 +1,6 @@
 from dataclasses import replace
 
+import pytest
 import torch
 
 from pipeline import decoding
@@ -170,6 +171,16 @@ def test_without_latent_memory_z_the_decoder_sees_z_only_through_the_memory():
     assert state.cond.shape == (2, 3 + 3)  # the tense and the read, no z
     assert torch.equal(state.cond[0], state.cond[1])
     assert torch.allclose(state.h[0, 0], state.h[0, 1], atol=1e-6)
+
+
+@pytest.mark.parametrize("init_tense", [True, False])
+def test_decoder_init_tense_decides_whether_a_zs_four_tenses_start_alike(init_tense):
+    m = _model(attention=True, decoder_input_z=True, decoder_init_tense=init_tense)
+    z = torch.randn(1, m.config.latent_size).expand(4, -1)
+    state = m.init_decoder(z, torch.arange(4))
+    starts_alike = all(torch.equal(state.h[0, 0], state.h[0, i]) for i in range(1, 4))
+    assert starts_alike is not init_tense
+    assert not torch.equal(state.pre[0], state.pre[1])  # the tense still enters every step
 
 
 def test_copying_puts_the_gates_share_on_the_source_characters():
