@@ -142,9 +142,9 @@ def _convert_chunk(
     except RuntimeError:
         if getattr(model, "precision", None) != "bf16":
             raise
-        # On some CPUs (AVX2 ones, 2026-11-30) oneDNN builds no bf16 LSTM primitive for a
-        # packed batch whose words all have one length, as length-sorted chunks and single
-        # words often are: the encoder runs such a chunk in fp32; the decoder stays bf16.
+        # On some CPUs (AVX2 ones, 2026-11-30) oneDNN builds no bf16 LSTM primitive for
+        # some batches (seen then with packed batches whose words all had one length): the
+        # encoder runs such a chunk in fp32; the decoder stays bf16.
         with torch.autocast(dev.type, enabled=False):
             post = model.encode(ids, lengths, s_t)
     z = model.reparameterize(post.mu, post.logvar, generator) if sample_z else post.mu

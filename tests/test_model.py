@@ -10,6 +10,7 @@ from pipeline.model import TenseCVAE, kl_divergence, mmd, reconstruction_loss
 from pipeline.vocab import EOS, PAD, SOS, Vocab
 
 PAIRS = [("walk", 0, "walked", 3), ("go", 0, "went", 3), ("abandoning", 2, "abandons", 1)]
+MIXED = [*PAIRS, ("sing", 0, "sang", 3), ("be", 0, "being", 2), ("internationalize", 0, "x", 3)]
 
 
 def _model(**kw):
@@ -84,6 +85,108 @@ def test_teacher_forced_and_step_by_step_decoding_agree():
         # teacher-forced decoder stops writing that row.
         live = b.tgt_in != PAD
         assert torch.allclose(full[live], torch.stack(steps, 1)[live], atol=1e-5)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_encoder_over_the_padded_batch_is_the_packed_lstm(bidirectional):
+    """encode runs each direction over the padded batch (the backward one on words reversed
+    within their lengths): the same states, outputs and gradients as nn.LSTM over a packed
+    sequence, which reads each word exactly to its end."""
+    from torch import nn
+
+    m = _model(attention=True, bidirectional=bidirectional)
+    b = make_batch(MIXED, m.vocab)
+    assert len(set(b.src_len.tolist())) > 3  # words of many lengths, so padding matters
+    weigh = torch.randn(b.src.size(0), b.src.size(1), (2 if bidirectional else 1) * 16)
+
+    def reference():
+        B, D = b.src.size(0), 2 if bidirectional else 1
+        init = torch.tanh(m.enc_init(m.tenses(b.src_tense)))
+        h0, c0 = init.view(B, 2, D, -1).permute(1, 2, 0, 3).contiguous()
+        packed = nn.utils.rnn.pack_padded_sequence(
+            m.chars(b.src), b.src_len, batch_first=True, enforce_sorted=False
+        )
+        out, (h, _) = m.encoder(packed, (h0, c0))
+        memory, _ = nn.utils.rnn.pad_packed_sequence(
+            out, batch_first=True, total_length=b.src.size(1)
+        )
+        return m.to_mu(h.transpose(0, 1).reshape(B, -1)), memory
+
+    def run(fn):
+        m.zero_grad()
+        mu, memory = fn()
+        ((mu * torch.arange(1.0, 5.0)).sum() + (memory * weigh).sum()).backward()
+        return (
+            mu,
+            memory,
+            {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None},
+        )
+
+    def ours():
+        post = m.encode(b.src, b.src_len, b.src_tense)
+        return post.mu, post.memory
+
+    mu, memory, grads = run(ours)
+    mu_ref, memory_ref, grads_ref = run(reference)
+    assert torch.allclose(mu, mu_ref, atol=1e-6)
+    assert torch.allclose(memory, memory_ref, atol=1e-6)
+    assert (memory[b.src == PAD] == 0).all()
+    assert grads.keys() == grads_ref.keys() and "encoder.weight_hh_l0" in grads
+    for k in grads:
+        assert torch.allclose(grads[k], grads_ref[k], atol=1e-5), k
+
+
+@pytest.mark.parametrize("flags", [[1, 0, 1, 0, 0, 1], [0] * 6, [1] * 6])
+def test_teacher_forced_decoding_matches_steps_in_values_and_gradients(flags):
+    """The teacher-forced decoder regroups decode_step's work (rows that may not attend skip
+    attention, the memory is projected once, the steps' weight gradients are one product):
+    the same logits and the same gradient for every parameter, rows of every length, with
+    and without context."""
+    m = _model(
+        attention=True,
+        bidirectional=True,
+        decoder_input_z=True,
+        copy=True,
+        latent_memory=5,
+        position_bias=2,
+    )
+    with torch.no_grad():
+        m.position_bias.copy_(torch.linspace(-1.0, 2.0, m.position_bias.numel()))
+    b = make_batch(MIXED, m.vocab)
+    use = torch.tensor(flags)
+
+    def loss_and_grads(teacher_forced: bool):
+        m.zero_grad()
+        post = m.encode(b.src, b.src_len, b.src_tense)
+        state = m.init_decoder(post.mu, b.tgt_tense, post, use)
+        state = replace(state, feed=torch.tanh(state.h[0]))  # a fed-back start that is not 0
+        if teacher_forced:
+            logits = m.decode(b.tgt_in, state)
+        else:
+            steps = []
+            for t in range(b.tgt_in.size(1)):
+                out, state = m.decode_step(b.tgt_in[:, t], state)
+                steps.append(out)
+            logits = torch.stack(steps, 1)
+        loss = reconstruction_loss(logits, b.tgt_out)
+        (loss * torch.arange(1.0, 7.0)).sum().backward()  # each row weighed differently
+        # a part left out of the graph (attention, where no row attends) has gradient 0
+        grads = {
+            k: torch.zeros_like(p) if p.grad is None else p.grad.clone()
+            for k, p in m.named_parameters()
+        }
+        return logits, loss, grads
+
+    full, loss_full, g_full = loss_and_grads(True)
+    step, loss_step, g_step = loss_and_grads(False)
+    live = b.tgt_in != PAD
+    assert torch.allclose(full[live], step[live], atol=1e-5)
+    assert torch.allclose(loss_full, loss_step, atol=1e-4)
+    assert g_full["decoder.weight_hh_l0"].abs().sum() > 0
+    if any(flags):
+        assert g_full["attn_key.weight"].abs().sum() > 0
+    for k in g_full:
+        assert torch.allclose(g_full[k], g_step[k], atol=1e-5, rtol=1e-4), k
 
 
 def test_latent_memory_reads_the_slot_whose_key_z_sits_on():
@@ -347,3 +450,20 @@ def test_the_memory_reads_sharper_from_a_higher_log_scale():
         d2 = torch.cdist(z, keys) ** 2
         peaks.append(torch.softmax(-m.memory_log_scale.exp() * d2, -1).max(1).values.mean())
     assert peaks[1] > peaks[0]
+
+
+def test_dropout_zeroes_its_share_and_keeps_the_mean():
+    from pipeline.model import Dropout
+
+    drop = Dropout(0.2)
+    x = torch.ones(200_000, requires_grad=True)
+    y = drop(x)
+    zeroed = (y == 0).float().mean().item()
+    assert abs(zeroed - 0.2) < 0.005  # 0.2 +- about 5 standard errors
+    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.8))
+    assert abs(y.mean().item() - 1.0) < 0.01
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient passes where the value did
+    assert drop.eval()(x) is x and Dropout(0.0).train()(x) is x
+    with pytest.raises(ValueError):
+        Dropout(1.0)

@@ -12,6 +12,7 @@ import pipeline
 from pipeline import precision
 from pipeline.data import directed, load_test, load_train
 from pipeline.evaluate import closest_calls
+from pipeline.model import TenseCVAE
 from pipeline.precision import PrecisionUnavailable, int8, lowered, quantized_modules
 from pipeline.vocab import Vocab
 
@@ -108,18 +109,18 @@ def test_a_chunk_onednn_cannot_encode_in_bf16_is_encoded_in_fp32(shipped, monkey
         pytest.skip(f"no bf16 LSTM on this CPU: {e}")
     monkeypatch.setattr(precision, "_probe", lambda form: None)
     form = lowered(shipped, "bf16")
-    encoder, calls = shipped.encoder.forward, []
+    direction, calls = TenseCVAE._encoder_direction, []
 
-    def refuses_bf16(*args, **kwargs):
+    def refuses_bf16(self, *args, **kwargs):
         calls.append(torch.is_autocast_enabled("cpu"))
         if calls[-1]:
             raise RuntimeError("could not create a primitive descriptor for the LSTM")
-        return encoder(*args, **kwargs)
+        return direction(self, *args, **kwargs)
 
-    monkeypatch.setattr(shipped.encoder, "forward", refuses_bf16)  # form shares the module
+    monkeypatch.setattr(TenseCVAE, "_encoder_direction", refuses_bf16)
     words = ["walk", "talk", "jump", "abandon"]
     assert pipeline.convert(form, words, "sp", "p") == ["walked", "talked", "jumped", "abandoned"]
     assert True in calls and False in calls
-    monkeypatch.setattr(shipped.encoder, "forward", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(TenseCVAE, "_encoder_direction", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         pipeline.convert(form, words, "sp", "p")
