@@ -84,6 +84,18 @@ def train_rate(config, batches: int, repeats: int, device: torch.device) -> tupl
         return out, n
 
     training.made_up_stems = recording_made_up
+    # Attention is counted from the teacher-forced decodes the step ran: rows that may not
+    # attend (context dropout, the prior's draws) compute none.
+    decodes: list = []
+    model = trainer.model
+    if config.model.attention:
+        real_decode = model._decode_attending
+
+        def recording_decode(tokens, state):
+            decodes.append((tokens, state.use_context, state.mask))
+            return real_decode(tokens, state)
+
+        model._decode_attending = recording_decode
     trainer.model.train()
     for b in data[:3]:
         trainer.train_step(b)
@@ -94,6 +106,7 @@ def train_rate(config, batches: int, repeats: int, device: torch.device) -> tupl
         words = sum(b.src.size(0) for b in chosen)
         drawn.clear()
         made_up.clear()
+        decodes.clear()
         start = time.perf_counter()
         for b in chosen:
             trainer.train_step(b)
@@ -102,14 +115,17 @@ def train_rate(config, batches: int, repeats: int, device: torch.device) -> tupl
         work = sum(step_flops(config.model, b) for b in chosen)
         work += sum(prior_flops(config.model, b) for b in drawn)
         work += sum(step_flops(config.model, b) for b in made_up)
+        work += attention_flops(config.model, decodes)
         flops.append(work / words)
     training.made_up_stems = real_made_up
+    model.__dict__.pop("_decode_attending", None)
     return med(rates), statistics.fmean(flops)
 
 
 def step_flops(m, b) -> float:
     """Forward + backward floating-point operations of one batch, counted from the real word
-    lengths: LSTM gate products, attention, projections; backward taken as twice forward."""
+    lengths: LSTM gate products and projections (attention: attention_flops); backward taken
+    as twice forward."""
     H, Z, E, C, V = m.hidden_size, m.latent_size, m.tense_embedding, m.char_embedding, 30
     D = 2 if m.bidirectional else 1
     He = H * D
@@ -120,9 +136,26 @@ def step_flops(m, b) -> float:
     heads = 2 * 2 * He * Z + 2 * cond * 2 * H + 2 * E * 2 * H * D + memory_flops(m)
     dec = tgt * 2 * 4 * H * (dec_in + H)
     out = tgt * 2 * H * V
-    attn = tgt * (2 * H * He + 4 * src * He + 2 * (H + He + 1) * H) if m.attention else 0
-    forward = enc + heads + dec + out + attn
+    forward = enc + heads + dec + out  # attention: attention_flops
     return float((3 * forward).sum())
+
+
+def attention_flops(m, decodes) -> float:
+    """Forward + backward operations of the attending decoder's attention and combining
+    layer, from the decodes a step ran (tokens, use_context, source mask): every written
+    character pays the combining layer's share from the decoder's output; a character of a
+    row that attends also pays its key, its scores and context over the source, and the
+    context's share of the combining layer."""
+    H = m.hidden_size
+    He = H * (2 if m.bidirectional else 1)
+    total = 0.0
+    for tokens, use_context, mask in decodes:
+        tgt = (tokens != 0).sum(1).float()
+        src = mask.sum(1).float()
+        attends = use_context.view(-1).float()
+        per_char = 2 * H * H + attends * (2 * H * He + 4 * src * He + 2 * He * H)
+        total += float((tgt * per_char).sum())
+    return 3 * total
 
 
 def decoder_inputs(m) -> tuple[int, int]:
@@ -143,9 +176,7 @@ def prior_flops(m, b) -> float:
     cond, dec_in = decoder_inputs(m)
     tgt = (b.tgt_out != 0).sum(1).float()
     forward = tgt * (2 * 4 * H * (dec_in + H) + 2 * H * V)
-    forward += 2 * cond * 2 * H + memory_flops(m)
-    if m.attention:
-        forward += tgt * 2 * (H + H * (2 if m.bidirectional else 1) + 1) * H  # combine layer
+    forward += 2 * cond * 2 * H + memory_flops(m)  # its combining layer: attention_flops
     return float((3 * forward).sum())
 
 

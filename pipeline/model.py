@@ -40,6 +40,9 @@ class DecoderState:
     # step decode_step takes next
     position: torch.Tensor | None = None
     step: int = 0
+    # False where no row has a source to attend to (decoding from noise): steps then skip
+    # the attention, whose context every row would multiply by 0
+    attends: bool = True
 
     def select(self, index: torch.Tensor) -> DecoderState:
         def pick(t, dim=0):
@@ -58,6 +61,7 @@ class DecoderState:
             pick(self.src),
             self.position,
             self.step,
+            self.attends,
         )
 
     def reorder(self, index: torch.Tensor) -> DecoderState:
@@ -296,6 +300,7 @@ class TenseCVAE(nn.Module):
             cell,
             src if self.config.copy else None,
             position,
+            attends=posterior is not None,
         )
 
     def position_scores(self, steps: int, length: int) -> torch.Tensor:
@@ -445,10 +450,10 @@ class TenseCVAE(nn.Module):
         off = live[:, A:].sum(1).tolist()
         sizes = [a + b for a, b in zip(on, off, strict=True)]
         flat = live.flatten().nonzero().squeeze(1)  # (step, row) of each live row, step-major
-        # every step's gate inputs from the characters and what is fixed over a word
-        x = F.linear(self.drop(self.chars(tokens)), state.cell.chars)
-        x = (x + state.pre.index_select(0, order).unsqueeze(1)).transpose(0, 1)
-        x = x.reshape(T * B, -1).index_select(0, flat)
+        # every step's gate inputs from the characters and what is fixed over a word, for
+        # the live (step, row) pairs alone
+        x = F.linear(self.drop(self.chars(tokens.t().reshape(-1)[flat])), state.cell.chars)
+        x = x + state.pre.index_select(0, order[flat % B])
         recurrent = state.cell.recurrent
         recurrent = self.recurrent_weight() if recurrent is None else recurrent
         w = self.combine.weight  # columns: output, context, flag
@@ -552,6 +557,10 @@ class TenseCVAE(nn.Module):
         if extra is not None:
             gates += extra  # in place: addmm keeps no copy of its output for backward
         h, c = lstm_cell(gates, c)
+        if not state.attends and type(self.combine) is nn.Linear:
+            out, H = self.drop(h), self.config.hidden_size
+            attended = torch.tanh(F.linear(out, self.combine.weight[:, :H], self.combine.bias))
+            return h, c, attended, out.new_zeros(out.size(0), state.memory.size(1))
         return h, c, *self._attend(self.drop(h), state, position)
 
     def _output(self, feed: torch.Tensor, weights, state: DecoderState) -> torch.Tensor:

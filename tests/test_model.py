@@ -467,3 +467,20 @@ def test_dropout_zeroes_its_share_and_keeps_the_mean():
     assert drop.eval()(x) is x and Dropout(0.0).train()(x) is x
     with pytest.raises(ValueError):
         Dropout(1.0)
+
+
+def test_decoding_from_noise_skips_attention_and_writes_the_same():
+    """Without a posterior no row has a source, so decode_step skips the attention whose
+    context it would multiply by 0: the same scores as weighing the blank source."""
+    m = _model(attention=True, bidirectional=True, decoder_input_z=True, copy=True)
+    z, tense = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
+    fast = m.init_decoder(z, tense)
+    slow = replace(fast, attends=True)
+    assert not fast.attends
+    token = torch.full((5,), SOS)
+    for _ in range(6):
+        a, fast = m.decode_step(token, fast)
+        b, slow = m.decode_step(token, slow)
+        assert torch.allclose(a, b, atol=1e-6)
+        token = a.argmax(-1)
+    assert not fast.attends and slow.attends  # steps carry the flag
