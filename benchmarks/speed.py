@@ -243,7 +243,11 @@ def conversion_flops(model, words: list[str], targets: list[str]) -> float:
 
     pairs = [(w, 0, t, 3) for w, t in zip(words, targets, strict=True)]
     b = make_batch(pairs, model.vocab)
-    return step_flops(model.config, b) / 3 / len(words)
+    work = step_flops(model.config, b)
+    if model.config.attention:  # every converted word attends to its source
+        attends = torch.ones(len(words))
+        work += attention_flops(model.config, [(b.tgt_in, attends, b.src != 0)])
+    return work / 3 / len(words)
 
 
 def conversions(quads) -> tuple[list[str], list[str], list[str]]:
