@@ -18,7 +18,9 @@ shipped model, the words each precision alone changes, how near a tie each came,
 share the margin sends back to fp32. On 2026-11-30: of train.txt's 14,724 conversions, bf16
 alone changed 6 (each within 0.02 of a tie) and int8 13 (within 0.13); of 3,681 words fed in
 the wrong tense, the model's hardest inputs, 24 (within 0.66) and 65 (within 0.56); the
-margin sent 4.4-4.5% of train.txt's conversions back to fp32.
+margin sent 4.4-4.5% of train.txt's conversions back to fp32. On 2026-12-01, with the
+prior_words 32 weights, int8 alone changed one wrong-tense word whose closest call lay 1.07
+from a tie, past the margin of 1.0 then, so the margin is now 1.5.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from .errors import TenseVAEError
 from .model import TenseCVAE
 
 PRECISIONS = ("fp32", "bf16", "int8")
-TIE_MARGIN = 1.0  # nats: a word whose closest call came nearer than this is decoded in fp32
+TIE_MARGIN = 1.5  # nats: a word whose closest call came nearer than this is decoded in fp32
 
 
 class PrecisionUnavailable(TenseVAEError):
