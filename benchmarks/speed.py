@@ -31,6 +31,7 @@ import pipeline  # noqa: E402
 from pipeline.data import directed, load_train, make_pairs  # noqa: E402
 from pipeline.evaluate import convert  # noqa: E402
 from pipeline.training import Trainer  # noqa: E402
+from pipeline.vocab import PAD  # noqa: E402
 
 
 def med(values) -> tuple[float, float, float]:
@@ -150,7 +151,7 @@ def attention_flops(m, decodes) -> float:
     He = H * (2 if m.bidirectional else 1)
     total = 0.0
     for tokens, use_context, mask in decodes:
-        tgt = (tokens != 0).sum(1).float()
+        tgt = (tokens != PAD).sum(1).float()
         src = mask.sum(1).float()
         attends = use_context.view(-1).float()
         per_char = 2 * H * H + attends * (2 * H * He + 4 * src * He + 2 * He * H)
@@ -246,7 +247,7 @@ def conversion_flops(model, words: list[str], targets: list[str]) -> float:
     work = step_flops(model.config, b)
     if model.config.attention:  # every converted word attends to its source
         attends = torch.ones(len(words))
-        work += attention_flops(model.config, [(b.tgt_in, attends, b.src != 0)])
+        work += attention_flops(model.config, [(b.tgt_in, attends, b.src != PAD)])
     return work / 3 / len(words)
 
 

@@ -454,8 +454,7 @@ class TenseCVAE(nn.Module):
         # the live (step, row) pairs alone
         x = F.linear(self.drop(self.chars(tokens.t().reshape(-1)[flat])), state.cell.chars)
         x = x + state.pre.index_select(0, order[flat % B])
-        recurrent = state.cell.recurrent
-        recurrent = self.recurrent_weight() if recurrent is None else recurrent
+        recurrent = state.cell.recurrent  # fp32: an int8 copy converts, it does not train
         w = self.combine.weight  # columns: output, context, flag
         He = state.memory.size(2)
         w_out, w_flag = w[:, :H], w[:, H + He]
@@ -506,7 +505,7 @@ class TenseCVAE(nn.Module):
             # the deferred gradients need the values only, not a second path back
             inputs[-1], outputs[-1] = inputs[-1].detach(), outputs[-1].detach()
         # back to (B, T, ...) in the sorted order; where a word has ended, zeros
-        stacked = torch.zeros(T * B, H, device=x[0].device, dtype=feeds[0].dtype)
+        stacked = torch.zeros(T * B, H, device=tokens.device, dtype=feeds[0].dtype)
         stacked = stacked.index_copy(0, flat, torch.cat(feeds)).view(T, B, H).transpose(0, 1)
         copy = None
         if state.src is not None:
@@ -547,15 +546,15 @@ class TenseCVAE(nn.Module):
         )
 
     def _advance(self, base, extra, h, c, feed, state: DecoderState, position=None):
-        """One attending step from the gates' fixed share ``base`` (plus ``extra`` where it
-        comes separately): h, c and the attentional output that is fed to the next step."""
+        """One attending step from the gates' fixed share ``base`` (z, tense, biases) and
+        this step's character's share ``extra``: h, c and the attentional output that is fed
+        to the next step."""
         x, cell = torch.cat([feed, h], dim=1), state.cell
         if cell.recurrent_int8 is not None:  # x is quantized to int8 on its range at each step
             gates = torch.ops.quantized.linear_dynamic(x, cell.recurrent_int8, True) + base
         else:
             gates = torch.addmm(base, x, cell.recurrent.t())
-        if extra is not None:
-            gates += extra  # in place: addmm keeps no copy of its output for backward
+        gates += extra  # in place: addmm keeps no copy of its output for backward
         h, c = lstm_cell(gates, c)
         if not state.attends and type(self.combine) is nn.Linear:
             out, H = self.drop(h), self.config.hidden_size
