@@ -268,13 +268,16 @@ def timed(repeats: int, n: int, fn) -> tuple:
 
 def conversion_rates(model, repeats: int) -> dict:
     """In-process conversion of train.txt's twelve conversions per line (14,724 words):
-    greedy and beam search in fp32, then bf16 and int8 (pipeline.precision)."""
+    greedy, beam search and round trip in fp32, then bf16 and int8 (pipeline.precision)."""
     words, src, tgt = conversions(load_train())
     n = len(words)
     out = {"greedy fp32": timed(repeats, n, lambda: convert(model, words, src, tgt))}
     few = random.Random(0).sample(range(n), 512)
     bw, bs, bt = [words[i] for i in few], [src[i] for i in few], [tgt[i] for i in few]
     out["beam 4 fp32"] = timed(repeats, 512, lambda: convert(model, bw, bs, bt, method="beam"))
+    out["round trip 4 fp32"] = timed(
+        repeats, 512, lambda: convert(model, bw, bs, bt, method="roundtrip")
+    )
     reference = convert(model, words, src, tgt)
     for precision in ("bf16", "int8"):
         out.update(

@@ -66,8 +66,8 @@ def table(runs: list[dict], command: str, device: str) -> str:
         "",
         "| variant | overrides | seeds | train s | BLEU-4 | BLEU-4 sampled | Gaussian | distinct "
         "| Gaussian, beam 4 | anchored, beam 4 (distinct) | trained verbs, all 12 "
-        "| unseen sp | unseen all |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| unseen sp | unseen all | unseen sp, round trip |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by: dict[str, list[dict]] = {}
     for r in runs:
@@ -75,7 +75,7 @@ def table(runs: list[dict], command: str, device: str) -> str:
     for name, rs in by.items():
         ok = [r for r in rs if "error" not in r]
         if not ok:
-            lines.append(f"| {name} | failed: {rs[0]['error']} ||||||||||||")
+            lines.append(f"| {name} | failed: {rs[0]['error']} |||||||||||||")
             continue
         lines.append(
             f"| {name} | {' '.join(ok[0]['overrides']) or '-'} | {len(ok)} "
@@ -85,7 +85,8 @@ def table(runs: list[dict], command: str, device: str) -> str:
             f"| {ms(r['gaussian_anchored'] for r in ok)} ({ms(r['distinct_anchored'] for r in ok)}) "
             f"| {ms(r['trained']['mean'] for r in ok)} "
             f"| {ms(r['unseen']['sp_mean'] for r in ok)} "
-            f"| {ms(r['unseen']['mean'] for r in ok)} |"
+            f"| {ms(r['unseen']['mean'] for r in ok)} "
+            f"| {ms(r['unseen_roundtrip']['sp_mean'] for r in ok if 'unseen_roundtrip' in r)} |"
         )
     return "\n".join(lines) + "\n"
 

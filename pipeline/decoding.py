@@ -78,6 +78,16 @@ def beam(
     step: Step, state: Any, batch: int, max_length: int, width: int = 4, device=None
 ) -> torch.Tensor:
     """The highest log-probability sequence of each row among ``width`` beams, (B, T)."""
+    history, scores = nbest(step, state, batch, max_length, width, device)
+    return history[torch.arange(batch, device=device), scores.argmax(dim=-1)]
+
+
+def nbest(
+    step: Step, state: Any, batch: int, max_length: int, width: int = 4, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's ``width`` beams at the end of beam search: token ids (B, W, T), each
+    beam ending at its EOS, then PAD, and their log-probabilities (B, W), -inf for a beam
+    that never lived (a row with fewer than ``width`` possible sequences)."""
     V = None
     # Each row's beams sit side by side: row b owns positions b*width .. b*width+width-1.
     index = torch.arange(batch, device=device).repeat_interleave(width)
@@ -106,5 +116,4 @@ def beam(
         state = state.reorder(parent) if hasattr(state, "reorder") else state.select(parent)
         if bool(finished.all()):
             break
-    best = scores.argmax(dim=-1) + torch.arange(batch, device=device) * width
-    return history[best]
+    return history.view(batch, width, -1), scores

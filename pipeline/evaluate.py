@@ -9,13 +9,23 @@ from typing import Any
 import torch
 
 from . import decoding
-from .data import Conversion, Quad, directed, encode_sources, load_test, load_train, read_quads
+from .data import (
+    Conversion,
+    Quad,
+    directed,
+    encode_sources,
+    load_test,
+    load_train,
+    make_batch,
+    read_quads,
+)
 from .errors import WordError
 from .metrics import distinct_verbs, exact_match, gaussian_score, mean_bleu4, mean_std
-from .model import TenseCVAE
+from .model import TenseCVAE, reconstruction_loss
 from .tenses import DIRECTIONS, SP_DIRECTIONS, TENSES, tense_index
 
 CHUNK = 512  # words decoded at once: short chunks waste fewer steps and stay in cache
+ROUNDTRIP_WIDTH = 4  # candidates a round trip weighs unless told otherwise
 
 
 def max_word_length(model: TenseCVAE) -> int:
@@ -35,8 +45,12 @@ def check_words(model: TenseCVAE, words: Sequence[str]) -> list[str]:
     return out
 
 
-def decode_options(beam: int) -> dict[str, Any]:
-    """Keyword arguments for convert/generate/gaussian from a beam width: 0 is greedy."""
+def decode_options(beam: int, roundtrip: bool = False) -> dict[str, Any]:
+    """Keyword arguments for convert/generate/gaussian from a beam width (0 is greedy), and
+    for convert whether beam search's candidates are chosen by their round trip too (width 4
+    unless given)."""
+    if roundtrip:
+        return {"method": "roundtrip", "beam_width": beam or ROUNDTRIP_WIDTH}
     return {"method": "beam", "beam_width": beam} if beam else {"method": "greedy"}
 
 
@@ -62,7 +76,11 @@ def convert(
 ) -> list[str]:
     """Convert each word from tense ``src`` to ``tgt`` (one tense, or one per word).
 
-    z is the posterior mean unless ``sample_z``; ``method`` is greedy or beam. A bf16 or int8
+    z is the posterior mean unless ``sample_z``; ``method`` is greedy, beam or roundtrip:
+    beam search's ``beam_width`` candidates, of which the one with the highest
+    log p(candidate | word) + log p(word | candidate) wins, the second term scoring the
+    conversion back (a candidate that drops or invents a letter of the stem seldom converts
+    back to the word). A bf16 or int8
     form of a model (pipeline.precision) converts greedily from the posterior mean, and gives
     every word that came close to a tie to its fp32 original: its output is fp32's."""
     words = check_words(model, words)
@@ -149,7 +167,62 @@ def _convert_chunk(
             post = model.encode(ids, lengths, s_t)
     z = model.reparameterize(post.mu, post.logvar, generator) if sample_z else post.mu
     state = model.init_decoder(z, torch.tensor(t, device=dev), post)
+    if method == "roundtrip":
+        return _roundtrip(model, words, s, t, state, beam_width)
     return _decode(model, state, len(words), method, beam_width, margins)
+
+
+def _roundtrip(model, words, s, t, state, width: int) -> list[str]:
+    """Of each word's ``width`` beam-search candidates, the one whose forward score plus
+    its conversion back to the word (log-probabilities, posterior means) is highest."""
+    n = len(words)
+    history, forward = decoding.nbest(
+        model.decode_step, state, n, model.config.max_length, width=width, device=model.device
+    )
+    candidates = [[model.vocab.decode(row) for row in rows] for rows in history.tolist()]
+    back = torch.full((n, width), float("-inf"))
+    # a beam that never lived, or wrote nothing, has nothing to convert back
+    live = [
+        (i, k)
+        for i in range(n)
+        for k in range(width)
+        if candidates[i][k] and forward[i, k] > float("-inf")
+    ]
+    if live:
+        scores = log_likelihood(
+            model,
+            [candidates[i][k] for i, k in live],
+            [TENSES[t[i]] for i, _ in live],
+            [words[i] for i, _ in live],
+            [TENSES[s[i]] for i, _ in live],
+        )
+        back[tuple(zip(*live, strict=True))] = scores.float().cpu()
+    best = (forward.float().cpu() + back).argmax(dim=1).tolist()
+    return [candidates[i][k] for i, k in enumerate(best)]
+
+
+@torch.no_grad()
+def log_likelihood(
+    model: TenseCVAE,
+    sources: Sequence[str],
+    src: str | Sequence[str],
+    targets: Sequence[str],
+    tgt: str | Sequence[str],
+) -> torch.Tensor:
+    """log p(target | source) under the model (N,), each target's characters and its end
+    scored teacher-forced, with z the posterior mean of its source."""
+    model.eval()
+    s, t = _indices(src, len(sources)), _indices(tgt, len(sources))
+    out = []
+    for i in range(0, len(sources), CHUNK):
+        part = range(i, min(i + CHUNK, len(sources)))
+        b = make_batch([(sources[j], s[j], targets[j], t[j]) for j in part], model.vocab).to(
+            model.device
+        )
+        post = model.encode(b.src, b.src_len, b.src_tense)
+        logits = model.decode(b.tgt_in, model.init_decoder(post.mu, b.tgt_tense, post))
+        out.append(-reconstruction_loss(logits, b.tgt_out))
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 def _decode(model, state, n, method="greedy", beam_width=4, margins=None) -> list[str]:

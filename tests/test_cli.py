@@ -103,6 +103,14 @@ def test_one_off_conversion_imports_no_job_system():
             ["convert", "walk", "--from", "sp", "--to", "p", "--precision", "int8", "--beam", "2"],
             "drop --beam",
         ),
+        (
+            ["convert", "walk", "--from", "sp", "--to", "p", "--precision", "bf16", "--roundtrip"],
+            "drop --roundtrip",
+        ),
+        (
+            ["convert", "walk", "--from", "sp", "--to", "p", "--roundtrip", "--beam", "1"],
+            "--beam 2 or more",
+        ),
         (["generate", "--beam", "100000"], "up to 64, not 100000"),
         (["evaluate", "--gaussian-beam", "-2"], "--gaussian-beam must be 0"),
         (["convert", "walk", "--beam", "x"], "invalid int value: 'x' (see tensevae convert"),
@@ -167,11 +175,13 @@ def test_no_server_default_runs_a_job_with_one_command(tmp_path):
 
 
 def test_bulk_options_reach_the_job(tmp_path):
-    """--precision and --beam on a bulk job are the job's params, as the worker reads them."""
+    """--precision, --beam and --roundtrip on a bulk job are the job's params, as the worker
+    reads them."""
     f = tmp_path / "in.txt"
     f.write_text("abandon sp p\nbegin sp tp\nneed sp pg\n")
     outputs = []
-    for job_id, flags in enumerate(([], ["--precision", "int8"], ["--beam", "3"]), start=1):
+    choices = ([], ["--precision", "int8"], ["--beam", "3"], ["--roundtrip"])
+    for job_id, flags in enumerate(choices, start=1):
         out = tmp_path / f"out{job_id}.json"
         tv(
             "convert",
@@ -188,9 +198,11 @@ def test_bulk_options_reach_the_job(tmp_path):
         params = json.loads(tv("jobs", str(job_id), "--json", home=tmp_path, check=0).stdout)
         params = params["params"]
         assert params.get("precision", "fp32") == ("int8" if "int8" in flags else "fp32")
-        assert params["method"] == ("beam" if "--beam" in flags else "greedy")
-        assert params.get("beam_width") == (3 if "--beam" in flags else None)
+        method = "beam" if "--beam" in flags else "roundtrip" if "--roundtrip" in flags else None
+        assert params["method"] == (method or "greedy")
+        assert params.get("beam_width") == {"beam": 3, "roundtrip": 4}.get(method)
     assert outputs[1] == outputs[0] and outputs[0][0] == "abandoned"
+    assert outputs[3][0] == "abandoned"
 
 
 def test_evaluate_json_keys(tmp_path):

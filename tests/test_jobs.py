@@ -84,8 +84,8 @@ def test_bulk_conversion_job_keeps_good_lines_and_records_bad_ones(backend, trai
 
 
 def test_bulk_conversion_in_int8_and_by_beam_search(backend, trained):
-    """The options of a bulk job reach its worker: int8 writes fp32's words, a beam width is
-    the width asked for, and a precision that does not exist fails the job, saying why."""
+    """The options of a bulk job reach its worker: int8 writes fp32's words, a beam width (by
+    itself or for a round trip) is the width asked for, and a precision that does not exist fails the job, saying why."""
     import pipeline
     from db.queries import conversions
     from workers.handlers import load_model
@@ -100,6 +100,10 @@ def test_bulk_conversion_in_int8_and_by_beam_search(backend, trained):
         (
             {"method": "beam", "beam_width": 3},
             pipeline.convert(model, words, "sp", "pg", method="beam", beam_width=3),
+        ),
+        (
+            {"method": "roundtrip", "beam_width": 3},
+            pipeline.convert(model, words, "sp", "pg", method="roundtrip", beam_width=3),
         ),
     ):
         job = wait_for(submit("convert", {"model": model_id, "requests": requests, **params}))

@@ -376,6 +376,47 @@ def test_greedy_and_beam_on_a_fake_model():
     assert _run(decoding.beam, width=2) == [5, EOS]
 
 
+def test_nbest_keeps_every_beam_with_its_log_probability():
+    fake = FakeModel()
+
+    def step(tokens, st):
+        for h, t in zip(st.history, tokens.tolist(), strict=True):
+            if t not in (SOS, PAD, EOS):
+                h.append(t)
+        return fake.step(tokens, st)
+
+    history, scores = decoding.nbest(step, FakeModel.State([[]]), 1, 5, width=2)
+    assert [row[:2] for row in history[0].tolist()] == [[5, EOS], [4, EOS]]
+    assert torch.allclose(scores[0].exp(), torch.tensor([0.36, 0.30]))
+
+
+def test_roundtrip_keeps_the_candidate_likeliest_forward_and_back():
+    """convert(method="roundtrip") picks, among beam search's candidates, the highest sum
+    of log p(candidate | word) and log p(word | candidate); both terms are recomputed here
+    teacher-forced, and the forward one must equal the beam's own score."""
+    from pipeline.artifacts import load_pretrained
+    from pipeline.data import encode_sources
+    from pipeline.evaluate import convert, log_likelihood
+
+    m = load_pretrained().eval()
+    words = ["symbolize", "chew", "interpret", "hunt", "walk", "go"]
+    got = convert(m, words, "sp", "p", method="roundtrip", beam_width=4)
+    with torch.no_grad():
+        ids, lengths = encode_sources(words, m.vocab)
+        post = m.encode(ids, lengths, torch.zeros(len(words), dtype=torch.long))
+        state = m.init_decoder(post.mu, torch.full((len(words),), 3), post)
+        history, beam_scores = decoding.nbest(m.decode_step, state, len(words), 30, width=4)
+    for i, word in enumerate(words):
+        candidates = [m.vocab.decode(row) for row in history[i].tolist()]
+        forward = log_likelihood(m, [word] * 4, "sp", candidates, "p")
+        assert torch.allclose(forward, beam_scores[i], atol=1e-3)
+        back = log_likelihood(m, candidates, "p", [word] * 4, "sp")
+        assert got[i] == candidates[int((forward + back).argmax())]
+    # the back term mattered: some word's choice is not the beam's own best
+    best = [m.vocab.decode(history[i, int(beam_scores[i].argmax())].tolist()) for i in range(6)]
+    assert got != best
+
+
 def test_greedy_stops_at_max_length_and_pads_after_eos():
     m = _model()
     state = m.init_decoder(torch.zeros(3, 4), torch.tensor([0, 1, 2]))

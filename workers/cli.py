@@ -258,10 +258,13 @@ def _plot(job_id: int, target: str | None) -> Path:
 
 def cmd_convert(args) -> int:
     _check_beam(args.beam, "--beam")
-    if args.precision != "fp32" and args.beam:
+    if args.precision != "fp32" and (args.beam or args.roundtrip):
+        flag = "--roundtrip" if args.roundtrip else "--beam"
         raise UserError(
-            f"--precision {args.precision} decodes greedily: drop --beam or --precision"
+            f"--precision {args.precision} decodes greedily: drop {flag} or --precision"
         )
+    if args.roundtrip and args.beam == 1:
+        raise UserError("--roundtrip weighs several candidates: give --beam 2 or more")
     if args.input:
         if args.words:
             raise UserError("give words or --input FILE, not both")
@@ -279,7 +282,7 @@ def cmd_convert(args) -> int:
         from pipeline.precision import lowered
 
         model = lowered(model, args.precision)
-    outputs = convert(model, args.words, src, tgt, **decode_options(args.beam))
+    outputs = convert(model, args.words, src, tgt, **decode_options(args.beam, args.roundtrip))
     if args.json:
         _print_json(
             [
@@ -302,7 +305,7 @@ def _bulk_convert(args) -> int:
         "model": _model_ref(args.model),
         "requests": [list(r) for r in requests],
         "input": str(args.input),
-        **decode_options(args.beam),
+        **decode_options(args.beam, args.roundtrip),
     }
     if args.precision != "fp32":
         params["precision"] = args.precision
@@ -666,6 +669,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="with --wait: write the conversions here (.csv or .json)")
     p.add_argument("--format", choices=["csv", "json"])
     p.add_argument("--beam", type=int, default=0, help="beam width (default: greedy)")
+    p.add_argument(
+        "--roundtrip",
+        action="store_true",
+        help="beam search (width --beam, default 4), keeping the candidate that is likeliest "
+        "both as the conversion and converted back to the word; about 3x beam's time, "
+        "fewer slips on verbs the model never saw",
+    )
     p.add_argument(
         "--precision",
         choices=["fp32", "bf16", "int8"],

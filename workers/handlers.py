@@ -290,7 +290,7 @@ def convert_job(job: Job, ctx: JobContext) -> dict[str, Any]:
     ref, precision = p.get("model", "pretrained"), p.get("precision", "fp32")
     model = load_model(ref) if precision == "fp32" else load_lowered(ref, precision)
     decode = {"method": p.get("method", "greedy")}
-    if decode["method"] == "beam":
+    if decode["method"] in ("beam", "roundtrip"):
         decode["beam_width"] = p.get("beam_width", 4)
     requests = p["requests"]
 

@@ -1,0 +1,75 @@
+"""The benchmarks' Markdown tables: every row has as many cells as its header, so a run of
+half an hour does not end in a table that renders wrong or a KeyError."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+from pipeline.tenses import DIRECTIONS
+
+
+def _exact(value: float) -> dict:
+    return {**{d: value for d in DIRECTIONS}, "mean": value, "sp_mean": value}
+
+
+def _run(config: str, seed: int) -> dict:
+    return {
+        "config": config,
+        "variant": config,
+        "overrides": [],
+        "seed": seed,
+        "seconds": 300.0 + seed,
+        "epochs": 14,
+        "bleu4": 1.0,
+        "bleu4_sampled": 0.99,
+        "bleu4_sampled_std": 0.01,
+        "gaussian": 0.7 + seed / 100,
+        "gaussian_std": 0.05,
+        "distinct": 60.0,
+        "gaussian_beam": 0.75,
+        "distinct_beam": 62.0,
+        "gaussian_anchored": 0.95,
+        "distinct_anchored": 78.0,
+        "unseen": _exact(0.9),
+        "unseen_roundtrip": _exact(0.92),
+        "trained": _exact(0.98),
+        "lemminflect": _exact(0.99),
+        "held_verbs": 123,
+        "examples": {
+            "generated": [("walk", "walks", "walking", "walked")],
+            "converted": [("abandon", "abandoned", "abandoning")],
+        },
+        "recall": {"mean": 0.5, "sample": 0.3},
+        "time_to_bleu1": 120.0 if seed else None,
+    }
+
+
+def _cells(line: str) -> int:
+    return line.strip().strip("|").count("|") + 1
+
+
+def _check(text: str) -> None:
+    header = None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        if header is None:
+            header = _cells(line)
+        assert _cells(line) == header, line
+
+
+@pytest.mark.parametrize("name", ["quality", "sweep"])
+def test_tables_have_a_cell_for_every_column(name):
+    module = __import__(name)
+    runs = [_run(c, s) for c in ("default", "lab") for s in (0, 1)]
+    if name == "quality":
+        text = module.table(runs, 2, "python benchmarks/quality.py --seeds 2")
+        assert "0.920 ± 0.000 / 0.920 ± 0.000" in text  # the round trip's column
+    else:
+        text = module.table(runs, "python benchmarks/sweep.py", "2 CPUs")
+        assert "| 0.920 ± 0.000 |" in text
+    _check(text)
