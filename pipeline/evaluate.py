@@ -210,8 +210,13 @@ def log_likelihood(
     tgt: str | Sequence[str],
 ) -> torch.Tensor:
     """log p(target | source) under the model (N,), each target's characters and its end
-    scored teacher-forced, with z the posterior mean of its source."""
+    scored teacher-forced, with z the posterior mean of its source. Words are folded to
+    lower case; WordError names one that holds anything but letters."""
+    if len(targets) != len(sources):
+        raise ValueError("give one target per source")
     model.eval()
+    sources = [model.vocab.check(w) for w in sources]
+    targets = [model.vocab.check(w) for w in targets]
     s, t = _indices(src, len(sources)), _indices(tgt, len(sources))
     out = []
     for i in range(0, len(sources), CHUNK):
