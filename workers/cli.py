@@ -673,8 +673,8 @@ def parser() -> argparse.ArgumentParser:
         "--roundtrip",
         action="store_true",
         help="beam search (width --beam, default 4), keeping the candidate that is likeliest "
-        "both as the conversion and converted back to the word; about 3x beam's time, "
-        "fewer slips on verbs the model never saw",
+        "both as the conversion and converted back to the word: fewer slips on verbs the "
+        "model never saw, for up to twice beam search's time",
     )
     p.add_argument(
         "--precision",
