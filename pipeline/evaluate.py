@@ -189,13 +189,8 @@ def _roundtrip(model, words, s, t, state, width: int) -> list[str]:
         if candidates[i][k] and forward[i, k] > float("-inf")
     ]
     if live:
-        scores = log_likelihood(
-            model,
-            [candidates[i][k] for i, k in live],
-            [TENSES[t[i]] for i, _ in live],
-            [words[i] for i, _ in live],
-            [TENSES[s[i]] for i, _ in live],
-        )
+        # words and candidates are the model's own letters already: no check, no names
+        scores = _log_likelihood(model, [(candidates[i][k], t[i], words[i], s[i]) for i, k in live])
         back[tuple(zip(*live, strict=True))] = scores.float().cpu()
     best = (forward.float().cpu() + back).argmax(dim=1).tolist()
     return [candidates[i][k] for i, k in enumerate(best)]
@@ -214,16 +209,18 @@ def log_likelihood(
     lower case; WordError names one that holds anything but letters."""
     if len(targets) != len(sources):
         raise ValueError("give one target per source")
-    model.eval()
     sources = [model.vocab.check(w) for w in sources]
     targets = [model.vocab.check(w) for w in targets]
     s, t = _indices(src, len(sources)), _indices(tgt, len(sources))
+    return _log_likelihood(model, list(zip(sources, s, targets, t, strict=True)))
+
+
+def _log_likelihood(model, pairs: Sequence[tuple[str, int, str, int]]) -> torch.Tensor:
+    """log_likelihood over (source, its tense index, target, its tense index) pairs."""
+    model.eval()
     out = []
-    for i in range(0, len(sources), CHUNK):
-        part = range(i, min(i + CHUNK, len(sources)))
-        b = make_batch([(sources[j], s[j], targets[j], t[j]) for j in part], model.vocab).to(
-            model.device
-        )
+    for i in range(0, len(pairs), CHUNK):
+        b = make_batch(pairs[i : i + CHUNK], model.vocab).to(model.device)
         post = model.encode(b.src, b.src_len, b.src_tense)
         logits = model.decode(b.tgt_in, model.init_decoder(post.mu, b.tgt_tense, post))
         out.append(-reconstruction_loss(logits, b.tgt_out))
