@@ -137,6 +137,10 @@ class TrainConfig:
     # .made_up_stems), always decoded with attention and z from the prior: verbs no one has
     # seen, which only copying the stem gets right. 0: off.
     made_up_stems: float = 0.0
+    # Which pairs made-up stems are drawn from: all, or only the lines that follow English's
+    # spelling rules (pipeline.data.regular), so that a stem no one has seen is only ever
+    # shown inflecting by rule, never by a verb's exception (take -> took).
+    made_up_from: str = "all"
     # Share of an epoch's pairs trained twice: the hardest, by their loss when last decoded
     # with attention (in the first epoch, a random share). The rule that attending learns is
     # met far more often than a verb's exceptions (take -> took): these pairs get a second
@@ -291,6 +295,7 @@ def validate(cfg: Config) -> None:
             t.made_up_stems == 0 or m.attention,
             "train.made_up_stems needs model.attention",
         ),
+        (t.made_up_from in ("all", "regular"), "train.made_up_from must be all or regular"),
         (0 <= t.val_fraction < 1, "train.val_fraction must lie in [0, 1)"),
         (0 <= t.hard_pairs <= 1, "train.hard_pairs must lie in [0, 1]"),
         (t.max_lines >= 0, "train.max_lines must be >= 0"),

@@ -226,6 +226,22 @@ STEM_VOWELS = "aeiou"
 STEM_CONSONANTS = "bcdfghjklmnpqrstvwxz"
 
 
+def regular(quad: Quad) -> bool:
+    """Whether a line's three other forms follow English's spelling rules from its simple
+    present (abandon abandons abandoning abandoned; try tries trying tried; stop stops
+    stopping stopped; die dies dying died), as against learned exceptions (take took,
+    have has, hit hit). Lenient: any of the rules' outcomes counts, whether or not it is the
+    one the rules would pick for that stem."""
+    sp, tp, pg, p = quad
+    if not sp:
+        return False
+    last, cut = sp[-1], sp[:-1]
+    third = {sp + "s", sp + "es", cut + "ies"}
+    progressive = {sp + "ing", cut + "ing", sp + last + "ing", sp[:-2] + "ying", sp + "king"}
+    past = {sp + "ed", sp + "d", cut + "ied", sp + last + "ed", sp + "ked"}
+    return tp in third and pg in progressive and p in past
+
+
 def made_up_stems(
     b: Batch,
     vocab: Vocab,
@@ -233,6 +249,7 @@ def made_up_stems(
     generator: torch.Generator,
     spare: int = 3,
     rate: float = 0.5,
+    eligible: torch.Tensor | None = None,
 ) -> tuple[Batch, int]:
     """The batch with a ``share`` of its pairs appended again under made-up stems, and how
     many were appended. Of the letters the source and target share from their start, all but
@@ -240,8 +257,12 @@ def made_up_stems(
     consonant to a consonant), identically in both: "withhold -> withholds" may come back as
     "wuthhold -> wuthholds". What changes is only ever copied, so a model can get these
     pairs right only by reading the stem, never by remembering the verb; the letters at the
-    end, where English inflects, stay as they were (stop -> stopped keeps its "op")."""
-    pick = (torch.rand(b.src.size(0), generator=generator) < share).nonzero().squeeze(1)
+    end, where English inflects, stay as they were (stop -> stopped keeps its "op").
+    ``eligible`` (a bool per pair) limits the choice to those pairs."""
+    chosen = torch.rand(b.src.size(0), generator=generator) < share
+    if eligible is not None:
+        chosen &= eligible
+    pick = chosen.nonzero().squeeze(1)
     n = pick.numel()
     if n == 0:
         return b, 0
@@ -333,5 +354,6 @@ __all__ = [
     "read_conversions",
     "read_quads",
     "read_requests",
+    "regular",
     "split_by_verb",
 ]

@@ -23,6 +23,7 @@ from .data import (
     made_up_stems,
     make_batch,
     make_pairs,
+    regular,
     split_by_verb,
     test_words,
 )
@@ -100,6 +101,12 @@ class Trainer:
         # each pair's loss when last decoded with attention, for hard_pairs
         self._pair_loss = torch.zeros(len(self.pairs))
         self._pair_rows = {(p[0], p[1], p[3]): i for i, p in enumerate(self.pairs)}
+        # the (source, its tense, target tense) of every pair of a line that inflects by rule
+        self._regular = (
+            {(q[i], i, j) for q in self.kept if regular(q) for i in range(4) for j in range(4)}
+            if t.made_up_from == "regular"
+            else None
+        )
         self.hard = round(len(self.pairs) * t.hard_pairs)
         self.steps_per_epoch = math.ceil((len(self.pairs) + self.hard) / t.batch_size)
         self.total_steps = self.steps_per_epoch * t.epochs
@@ -337,7 +344,15 @@ class Trainer:
         )
         made_up = 0
         if t.made_up_stems > 0:  # validated to come with attention
-            b, made_up = made_up_stems(b, m.vocab, t.made_up_stems, self.generator)
+            eligible = None
+            if self._regular is not None:
+                rows = zip(
+                    self._source_words(b), b.src_tense.tolist(), b.tgt_tense.tolist(), strict=True
+                )
+                eligible = torch.tensor([r in self._regular for r in rows], dtype=torch.bool)
+            b, made_up = made_up_stems(
+                b, m.vocab, t.made_up_stems, self.generator, eligible=eligible
+            )
         post = m.encode(b.src, b.src_len, b.src_tense)
         fresh_bank = t.prior_weight > 0 and self._bank is not None
         words = self._source_words(b) if fresh_bank or self.hard else None

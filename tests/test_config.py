@@ -41,6 +41,7 @@ def test_overrides():
         (["position_bias=3"], "position_bias needs model.attention"),
         (["made_up_stems=2"], "made_up_stems must lie"),
         (["made_up_stems=0.2"], "made_up_stems needs model.attention"),
+        (["made_up_from=irregular"], "made_up_from must be all or regular"),
         (["latent_memory=8", "latent_memory_read=firm"], "latent_memory_read must be soft"),
         (["latent_memory_z=false"], "latent_memory_z=false needs model.latent_memory"),
         (["decoder_init_tense=false"], "decoder_init_tense=false needs model.decoder_input_z"),

@@ -154,3 +154,47 @@ def test_made_up_stems_change_shared_letters_alike_and_spare_the_end():
         assert tgt[max(0, shared - 3) :] == real[2][max(0, shared - 3) :]
     assert changed > n  # withhold and abandoning have 5 and 4 letters that may change
     assert made_up_stems(b, vocab, 0.0, g) == (b, 0)
+
+
+def test_regular_lines_follow_the_spelling_rules_and_exceptions_do_not():
+    from pipeline.data import load_train, regular
+
+    for line in [
+        "abandon abandons abandoning abandoned",
+        "try tries trying tried",
+        "stop stops stopping stopped",
+        "die dies dying died",
+        "love loves loving loved",
+        "picnic picnics picnicking picnicked",
+        "kiss kisses kissing kissed",
+    ]:
+        assert regular(tuple(line.split())), line
+    for line in [
+        "take takes taking took",
+        "have has having had",
+        "hit hits hitting hit",
+        "bleed bleeds bleeding bled",
+        "pay pays paying paid",
+        "go goes going went",
+    ]:
+        assert not regular(tuple(line.split())), line
+    share = sum(map(regular, load_train())) / len(load_train())
+    assert 0.8 < share < 0.95  # train.txt is mostly regular verbs, with ~150 exceptions
+
+
+def test_made_up_stems_come_only_from_eligible_pairs():
+    from pipeline.data import made_up_stems
+
+    vocab = Vocab()
+    pairs = [("stop", 0, "stopped", 3), ("take", 0, "took", 3)] * 100
+    b = make_batch(pairs, vocab)
+    eligible = torch.tensor([p[2] == "stopped" for p in pairs])
+    out, n = made_up_stems(b, vocab, 0.5, torch.Generator().manual_seed(0), eligible=eligible)
+    assert 30 < n < 70
+    targets = [vocab.decode(t.tolist()) for t in out.tgt_out[len(pairs) :]]
+    assert all(t.endswith("opped") for t in targets)
+    # every pair eligible is the same as no limit: the same draws, the same batch
+    everyone = torch.ones(len(pairs), dtype=torch.bool)
+    a, n_a = made_up_stems(b, vocab, 0.5, torch.Generator().manual_seed(1), eligible=everyone)
+    c, n_c = made_up_stems(b, vocab, 0.5, torch.Generator().manual_seed(1))
+    assert n_a == n_c and torch.equal(a.src, c.src) and torch.equal(a.tgt_out, c.tgt_out)

@@ -411,6 +411,38 @@ def test_made_up_stems_join_the_batch_and_always_attend(tiny_config, monkeypatch
     assert all(bool(u[: len(u) - int((~u).sum())].all()) for u in seen)
 
 
+def test_made_up_stems_from_regular_lines_pass_over_the_exceptions(tiny_config, monkeypatch):
+    from pipeline import training
+    from pipeline.data import regular
+
+    cfg = tiny_config.replace(
+        train={"prior_weight": 0.0, "made_up_stems": 0.5, "made_up_from": "regular"}
+    )
+    trainer = training.Trainer(cfg, pipeline.data.load_train(), torch.device("cpu"))
+    calls = []
+    real = training.made_up_stems
+
+    def spy(b, vocab, share, generator, eligible=None):
+        calls.append((b, eligible))
+        return real(b, vocab, share, generator, eligible=eligible)
+
+    monkeypatch.setattr(training, "made_up_stems", spy)
+    line_of = {(w, i): q for q in trainer.kept for i, w in enumerate(q)}
+    gen = torch.Generator().manual_seed(0)
+    for b in itertools.islice(training.batches(trainer.pairs, trainer.model.vocab, 256, gen), 2):
+        trainer.train_step(b)
+    vocab = trainer.model.vocab
+    exceptions = 0
+    for b, eligible in calls:
+        words = [vocab.decode(ids) for ids in b.src.tolist()]
+        expected = [
+            regular(line_of[w, k]) for w, k in zip(words, b.src_tense.tolist(), strict=True)
+        ]
+        assert eligible.tolist() == expected
+        exceptions += expected.count(False)
+    assert exceptions > 0  # the batches held some exceptions to pass over
+
+
 def test_the_optimizer_follows_the_learning_rate_schedule(tiny_config):
     cfg = tiny_config.replace(train={"lr_schedule": "cosine", "lr_floor": 0.1, "max_lines": 100})
     lr = cfg.train.lr
