@@ -88,9 +88,23 @@ class CellWeights:
     recurrent_int8: object | None = None
 
 
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device=None) -> torch.Tensor:
+    """A bool mask that keeps each entry with probability 1 - p (p rounded to 1/32768).
+    Each entry takes 15 random bits: one 64-bit draw of the generator serves four entries
+    (its top bit is always 0, and each 16-bit quarter drops its own top bit). Drawing a
+    float per entry, as torch.rand does, cost 9% of a training step on 2 CPU cores; this
+    costs about a quarter of that."""
+    n = 1
+    for size in shape:
+        n *= size
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_()
+    quarters = bits.view(torch.int16)[:n].view(shape)
+    return quarters.bitwise_and_(0x7FFF) >= round(p * 32768)
+
+
 class Dropout(nn.Module):
-    """nn.Dropout's function, its mask drawn with torch.rand_like: on CPU, bernoulli_ takes
-    about twice as long, and dropout's draws were 8% of a training step."""
+    """nn.Dropout's function, its mask drawn by keep_mask (about 3.5 times as fast on CPU
+    as torch.rand_like, and 4 times as fast as nn.Dropout's bernoulli_)."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -101,8 +115,8 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        scale = (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
-        return x * scale
+        keep = keep_mask(x.shape, self.p, x.device)
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

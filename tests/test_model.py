@@ -510,6 +510,23 @@ def test_dropout_zeroes_its_share_and_keeps_the_mean():
         Dropout(1.0)
 
 
+@pytest.mark.parametrize("p", [0.05, 0.2, 0.5])
+def test_keep_masks_keep_each_entry_alike_and_independently(p):
+    from pipeline.model import keep_mask
+
+    torch.manual_seed(0)
+    n = 400_000
+    keep = keep_mask((n // 4, 4), p)  # the four entries of each 64-bit draw side by side
+    assert keep.shape == (n // 4, 4) and keep.dtype == torch.bool
+    se = (p * (1 - p) / (n // 4)) ** 0.5
+    for col in keep.float().unbind(1):  # no quarter of the draw, the top one included, is off
+        assert abs((1 - col.mean().item()) - p) < 6 * se
+    pairs = keep[:, 0] & keep[:, 3]  # quarters of one draw are independent of each other
+    assert abs(pairs.float().mean().item() - (1 - p) ** 2) < 6 * se
+    assert keep_mask((3, 5, 7), p).shape == (3, 5, 7)  # sizes that are no multiple of 4
+    assert keep_mask((0, 8), p).numel() == 0
+
+
 def test_decoding_from_noise_skips_attention_and_writes_the_same():
     """Without a posterior no row has a source, so decode_step skips the attention whose
     context it would multiply by 0: the same scores as weighing the blank source."""
