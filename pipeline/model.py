@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -94,9 +95,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device=None) -> tor
     (its top bit is always 0, and each 16-bit quarter drops its own top bit). Drawing a
     float per entry, as torch.rand does, cost 9% of a training step on 2 CPU cores; this
     costs about a quarter of that."""
-    n = 1
-    for size in shape:
-        n *= size
+    n = math.prod(shape)
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_()
     quarters = bits.view(torch.int16)[:n].view(shape)
     return quarters.bitwise_and_(0x7FFF) >= round(p * 32768)

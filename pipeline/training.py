@@ -101,9 +101,9 @@ class Trainer:
         # each pair's loss when last decoded with attention, for hard_pairs
         self._pair_loss = torch.zeros(len(self.pairs))
         self._pair_rows = {(p[0], p[1], p[3]): i for i, p in enumerate(self.pairs)}
-        # the (source, its tense, target tense) of every pair of a line that inflects by rule
+        # every (form, its tense) of a line that inflects by rule: a pair's line is its source's
         self._regular = (
-            {(q[i], i, j) for q in self.kept if regular(q) for i in range(4) for j in range(4)}
+            {(w, i) for q in self.kept if regular(q) for i, w in enumerate(q)}
             if t.made_up_from == "regular"
             else None
         )
@@ -346,9 +346,7 @@ class Trainer:
         if t.made_up_stems > 0:  # validated to come with attention
             eligible = None
             if self._regular is not None:
-                rows = zip(
-                    self._source_words(b), b.src_tense.tolist(), b.tgt_tense.tolist(), strict=True
-                )
+                rows = zip(self._source_words(b), b.src_tense.tolist(), strict=True)
                 eligible = torch.tensor([r in self._regular for r in rows], dtype=torch.bool)
             b, made_up = made_up_stems(
                 b, m.vocab, t.made_up_stems, self.generator, eligible=eligible
