@@ -355,34 +355,52 @@ def lowered_figures(model, precision, data, reference, repeats, fp32_rate) -> di
     return out
 
 
+_COLD_PARTS = {
+    # the default one-off path: pipeline.lite, numpy, no torch imported
+    "numpy": (
+        "from pipeline import lite, modelfile",
+        "m = lite.LiteModel.load(modelfile.pretrained_path())",
+        "lite.convert(m, ['abandon'], 'sp', 'p')",
+    ),
+    "torch": (
+        "import pipeline; from pipeline import artifacts",
+        "m = artifacts.load_pretrained()",
+        "pipeline.convert(m, ['abandon'], 'sp', 'p')",
+    ),
+}
+
+
 def cold_convert(repeats: int) -> dict:
-    code = (
-        "import time; t0 = time.perf_counter(); import pipeline; from pipeline import artifacts;"
-        "t1 = time.perf_counter(); m = artifacts.load_pretrained(); t2 = time.perf_counter();"
-        "pipeline.convert(m, ['abandon'], 'sp', 'p'); t3 = time.perf_counter();"
-        "print(t1 - t0, t2 - t1, t3 - t2)"
-    )
-    whole, parts = [], []
+    """A fresh `tensevae convert abandon --from sp --to p` by each engine, whole, and its
+    imports, model load and decode timed apart in a fresh interpreter."""
+    out = {}
     tv = str(Path(sys.executable).with_name("tensevae"))
-    for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run(
-            [tv, "convert", "abandon", "--from", "sp", "--to", "p"],
-            check=True,
-            capture_output=True,
-            cwd=ROOT,
+    for engine, (imports, load, decode) in _COLD_PARTS.items():
+        code = (
+            f"import time; t0 = time.perf_counter(); {imports}; t1 = time.perf_counter(); "
+            f"{load}; t2 = time.perf_counter(); {decode}; t3 = time.perf_counter(); "
+            "print(t1 - t0, t2 - t1, t3 - t2)"
         )
-        whole.append(time.perf_counter() - start)
-        p = subprocess.run(
-            [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT
-        )
-        parts.append([float(x) for x in p.stdout.split()])
-    return {
-        "whole command (s)": med(whole),
-        "imports (s)": med(p[0] for p in parts),
-        "model load (s)": med(p[1] for p in parts),
-        "decode (s)": med(p[2] for p in parts),
-    }
+        whole, parts = [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            subprocess.run(
+                [tv, "convert", "abandon", "--from", "sp", "--to", "p", "--engine", engine],
+                check=True,
+                capture_output=True,
+                cwd=ROOT,
+            )
+            whole.append(time.perf_counter() - start)
+            p = subprocess.run(
+                [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT
+            )
+            parts.append([float(x) for x in p.stdout.split()])
+        name = "default engine, numpy" if engine == "numpy" else "--engine torch"
+        out[f"{name}: whole command (s)"] = med(whole)
+        out[f"{name}: imports (s)"] = med(p[0] for p in parts)
+        out[f"{name}: model load (s)"] = med(p[1] for p in parts)
+        out[f"{name}: decode (s)"] = med(p[2] for p in parts)
+    return out
 
 
 # -- the job path ------------------------------------------------------------------------------

@@ -14,12 +14,11 @@ from typing import Any
 
 import torch
 
-from .config import ModelConfig
+from . import modelfile
 from .errors import ModelLoadError
 from .model import TenseCVAE
-from .vocab import Vocab
 
-FORMAT = "tensevae-model/1"
+FORMAT = modelfile.FORMAT
 CHECKPOINT_FORMAT = "tensevae-checkpoint/1"
 _MAX_HEADER = 10_000_000
 
@@ -30,13 +29,10 @@ def describe(model: TenseCVAE, extra: dict[str, Any] | None = None) -> dict[str,
 
 
 def digest(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over config, vocabulary and weights: a damaged or edited model fails to load
-    rather than converting with the wrong alphabet."""
-    h = hashlib.sha256(json.dumps([meta.get("model"), meta.get("vocab")], sort_keys=True).encode())
-    for k in sorted(tensors):
-        h.update(k.encode())
-        h.update(tensors[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    """modelfile.digest over the weights' bytes."""
+    return modelfile.digest(
+        meta, {k: v.detach().cpu().contiguous().numpy() for k, v in tensors.items()}
+    )
 
 
 def _pack(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
@@ -64,40 +60,8 @@ def _unpack(data: bytes, what: str) -> tuple[dict[str, torch.Tensor], dict[str, 
     return tensors, metadata
 
 
-_SIZE_LIMIT = 16384  # no real tensevae model comes near; guards against absurd allocations
-
-
 def _build(meta: dict[str, Any], what: str) -> TenseCVAE:
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else None
-        raise ModelLoadError(f"{what}: format {found!r} is not {FORMAT!r}")
-    try:
-        known = {f.name for f in dataclasses.fields(ModelConfig)}
-        unknown = set(meta["model"]) - known
-        if unknown:
-            raise ModelLoadError(f"{what}: config has keys this version lacks: {sorted(unknown)}")
-        config = ModelConfig(**meta["model"])
-        sizes = (
-            config.hidden_size,
-            config.latent_size,
-            config.tense_embedding,
-            config.char_embedding,
-            config.latent_memory_size,
-        )
-        if (
-            not isinstance(config.latent_memory, int)
-            or not 0 <= config.latent_memory <= _SIZE_LIMIT
-        ):
-            raise ModelLoadError(f"{what}: memory size {config.latent_memory!r} is not plausible")
-        if not all(isinstance(n, int) and 0 < n <= _SIZE_LIMIT for n in sizes):
-            raise ModelLoadError(f"{what}: config sizes {sizes} are not plausible")
-        return TenseCVAE(config, Vocab(meta["vocab"]))
-    except ModelLoadError:
-        raise
-    except Exception as e:  # any other malformed value in a config read from outside
-        raise ModelLoadError(
-            f"{what}: config or vocabulary unreadable ({type(e).__name__})"
-        ) from None
+    return TenseCVAE(*modelfile.read_config(meta, what))
 
 
 def _load_weights(model: TenseCVAE, tensors: dict[str, torch.Tensor], what: str) -> TenseCVAE:
@@ -153,26 +117,15 @@ def save(model: TenseCVAE, folder: str | Path, extra: dict[str, Any] | None = No
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta = describe(model, extra)
-    (folder / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    (folder / "model.safetensors").write_bytes(_pack(model.state_dict(), {"format": FORMAT}))
+    (folder / modelfile.CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    (folder / modelfile.WEIGHTS_FILE).write_bytes(_pack(model.state_dict(), {"format": FORMAT}))
     return folder
 
 
 def load(folder: str | Path, device: str | torch.device = "cpu") -> TenseCVAE:
     """Rebuild a model saved by ``save``; any problem is one ModelLoadError line."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ModelLoadError(f"{folder}: no such model folder")
-    cfg, weights = folder / "config.json", folder / "model.safetensors"
-    for f in (cfg, weights):
-        if not f.is_file():
-            raise ModelLoadError(f"{folder}: {f.name} is missing")
-    try:
-        meta = json.loads(cfg.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelLoadError(f"{cfg}: not valid JSON") from None
-    if not isinstance(meta, dict):
-        raise ModelLoadError(f"{cfg}: not a tensevae model config")
+    meta, weights = modelfile.read_folder(folder)
+    cfg = Path(folder) / modelfile.CONFIG_FILE
     tensors, _ = _unpack(weights.read_bytes(), str(weights))
     model = _load_weights(_build(meta, str(cfg)), tensors, str(weights))
     _verify(meta, tensors, str(folder))
@@ -180,11 +133,10 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> TenseCVAE:
 
 
 def metadata(folder: str | Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    return json.loads((Path(folder) / modelfile.CONFIG_FILE).read_text(encoding="utf-8"))
 
 
-def pretrained_path() -> Path:
-    return Path(__file__).resolve().parent / "data" / "pretrained"
+pretrained_path = modelfile.pretrained_path
 
 
 def load_pretrained(device: str | torch.device = "cpu") -> TenseCVAE:

@@ -19,10 +19,10 @@ from .data import (
     make_batch,
     read_quads,
 )
-from .errors import WordError
 from .metrics import distinct_verbs, exact_match, gaussian_score, mean_bleu4, mean_std
 from .model import TenseCVAE, reconstruction_loss
 from .tenses import DIRECTIONS, SP_DIRECTIONS, TENSES, tense_index
+from .vocab import max_word_length as vocab_max_word_length
 
 CHUNK = 512  # words decoded at once: short chunks waste fewer steps and stay in cache
 ROUNDTRIP_WIDTH = 4  # candidates a round trip weighs unless told otherwise
@@ -30,19 +30,12 @@ ROUNDTRIP_WIDTH = 4  # candidates a round trip weighs unless told otherwise
 
 def max_word_length(model: TenseCVAE) -> int:
     """Longest word accepted: room is left for the longest suffix the decoder may add."""
-    return model.config.max_length - 5
+    return vocab_max_word_length(model.config.max_length)
 
 
 def check_words(model: TenseCVAE, words: Sequence[str]) -> list[str]:
     """Words folded to lower case; WordError names the first that cannot be converted."""
-    limit = max_word_length(model)
-    out = []
-    for w in words:
-        folded = model.vocab.check(w)
-        if len(folded) > limit:
-            raise WordError(f"word {w!r} is longer than this model can write ({limit} letters)")
-        out.append(folded)
-    return out
+    return model.vocab.check_all(words, model.config.max_length)
 
 
 def decode_options(beam: int, roundtrip: bool = False) -> dict[str, Any]:

@@ -13,6 +13,12 @@ SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
+def max_word_length(max_length: int) -> int:
+    """Longest word a decoder of ``max_length`` steps accepts: room is left for the longest
+    suffix it may add."""
+    return max_length - 5
+
+
 @dataclass(frozen=True)
 class Vocab:
     """The characters a model reads and writes; ids 0-3 are the special tokens."""
@@ -53,6 +59,18 @@ class Vocab:
                 f"{self.chars[-1]})"
             )
         return folded
+
+    def check_all(self, words: Sequence[str], max_length: int) -> list[str]:
+        """Words folded to lower case; WordError names the first that cannot be read, or
+        that a decoder of ``max_length`` steps has no room to write in another form."""
+        limit = max_word_length(max_length)
+        out = []
+        for w in words:
+            folded = self.check(w)
+            if len(folded) > limit:
+                raise WordError(f"word {w!r} is longer than this model can write ({limit} letters)")
+            out.append(folded)
+        return out
 
     def encode(self, word: str) -> list[int]:
         index = self._index

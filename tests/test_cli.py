@@ -68,16 +68,20 @@ def test_one_off_conversion_in_lower_precision(tmp_path, precision):
     assert p.stderr == ""  # torch's deprecation notices about its int8 API are not shown
 
 
-def test_one_off_conversion_imports_no_job_system():
+@pytest.mark.parametrize(("engine", "unused"), [("auto", ["torch"]), ("torch", [])])
+def test_one_off_conversion_imports_no_job_system(engine, unused):
+    """Nothing the one-off path does not use is imported: never the job system, and by
+    default not torch either (pipeline.lite converts in numpy)."""
+    names = ["celery", "sqlalchemy", "kombu", "redis", "alembic", "matplotlib", *unused]
     code = (
         "import sys; from workers.cli import main; main(['convert', 'walk', '--from', 'sp', "
-        "'--to', 'p']); bad = [m for m in ('celery', 'sqlalchemy', 'kombu', 'redis', 'alembic', "
-        "'matplotlib') if m in sys.modules]; print('IMPORTED', bad)"
+        f"'--to', 'p', '--engine', '{engine}']); "
+        f"bad = [m for m in {names!r} if m in sys.modules]; print('IMPORTED', bad)"
     )
     p = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
     )
-    assert "IMPORTED []" in p.stdout, p.stdout + p.stderr
+    assert p.stdout.startswith("walked\n") and "IMPORTED []" in p.stdout, p.stdout + p.stderr
 
 
 @pytest.mark.parametrize(
