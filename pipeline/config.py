@@ -124,6 +124,11 @@ class TrainConfig:
     # even one over the cap; under_cap, the likeliest among those under it, so that no region
     # grows past the cap by the fallback either.
     prior_anchor_fallback: str = "likeliest"
+    # With prior_anchor sp and prior_tenses 4: whether a draw that follows the verb the
+    # decoder already writes from it in the simple present is taught that simple present
+    # too (true), or only its three other forms (false): the row it would take is one the
+    # decoder already writes, and a quarter of those rows are then free for more draws.
+    prior_anchor_reteach: bool = True
     # Steps between re-encodings of every training form, whose posteriors the prior's draws
     # are scored against (each step also updates the forms it encodes, and every epoch
     # starts from a full re-encoding).

@@ -248,6 +248,7 @@ class Trainer:
         distance = (z * z) @ inv.T - 2 * z @ mu_inv.T + const
         lines = (distance.argmin(1) // 4).tolist()
         followed = lines
+        took = [False] * len(lines)  # whether each draw follows the verb sp writes there
         if t.prior_anchor != "posterior":
             near = None
             if t.prior_anchor_top:
@@ -265,7 +266,7 @@ class Trainer:
                 if line is not None and t.prior_anchor_cap and claims[line] >= limit:
                     line = None  # over the cap
                 if line is not None:
-                    followed[j], anchored = line, anchored + 1
+                    followed[j], anchored, took[j] = line, anchored + 1, True
                 elif under and claims[lines[j]] >= limit:
                     followed[j] = self._likeliest_under(distance[j], claims, limit)
             self._prior_anchored = anchored / len(lines)
@@ -274,10 +275,18 @@ class Trainer:
             for line in followed:
                 claims[line] += 1
         if t.prior_tenses == 4:
-            z = z.repeat_interleave(4, dim=0)
-            lines = [e for e in lines for _ in range(4)]
-            followed = [e for e in followed for _ in range(4)]
-            tenses = list(range(4)) * t.prior_words
+            # each draw in its four tenses, but with prior_anchor_reteach off not in the
+            # simple present the decoder already writes there
+            keep = [
+                (j, k)
+                for j in range(len(lines))
+                for k in range(4)
+                if k or t.prior_anchor_reteach or t.prior_anchor != "sp" or not took[j]
+            ]
+            z = z[torch.tensor([j for j, _ in keep], device=z.device)]
+            lines = [lines[j] for j, _ in keep]
+            followed = [followed[j] for j, _ in keep]
+            tenses = [k for _, k in keep]
         else:
             tenses = torch.randint(4, (len(lines),), generator=self.generator).tolist()
         # the simple present from ``lines``; the other tenses from ``followed``

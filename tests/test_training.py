@@ -276,6 +276,11 @@ def test_prior_draws_anchored_on_sp_follow_the_verb_the_decoder_writes(tiny_conf
     assert rest[0] == likeliest[0] and rest[1:4] == list(kept[7][1:])
     assert rest[8] == likeliest[8] and rest[9:12] == list(kept[30][1:])
     assert rest[4:8] == likeliest[4:8] and rest[12:16] == likeliest[12:16]
+    # without reteaching, a draw that follows the simple present written there is taught
+    # only its other three forms; the others keep all four, on the same z
+    fewer, share, z_fewer = draws(written, prior_anchor="sp", prior_anchor_reteach=False)
+    assert fewer == targets[1:4] + targets[4:8] + targets[9:12] + targets[12:16]
+    assert share == 0.5 and torch.equal(z_fewer, torch.cat([z[1:8], z[9:]]))
     # the real decoder's simple presents are what greedy generation writes from z alone
     first.model.train()
     sp = first._simple_presents(z[::4])
