@@ -94,12 +94,13 @@ class LiteModel:
         bias = self.w.get(f"{name}.bias")
         return out if bias is None else out + bias
 
-    def _lstm(self, x, h, c, suffix: str = "", prefix: str = "encoder") -> np.ndarray:
-        """One direction of an nn.LSTM layer over x (B, S, In) from h, c (B, H): its
-        outputs (B, S, H)."""
+    def _lstm(self, x, h, c, suffix: str = "") -> np.ndarray:
+        """One direction of the encoder's LSTM (suffix "_reverse" for the backward one) over
+        x (B, S, In) from h, c (B, H): its outputs (B, S, H)."""
         w = self.w
-        ih, hh = w[f"{prefix}.weight_ih_l0{suffix}"], w[f"{prefix}.weight_hh_l0{suffix}"]
-        gates_x = x @ ih.T + (w[f"{prefix}.bias_ih_l0{suffix}"] + w[f"{prefix}.bias_hh_l0{suffix}"])
+        ih, hh = w[f"encoder.weight_ih_l0{suffix}"], w[f"encoder.weight_hh_l0{suffix}"]
+        bias = w[f"encoder.bias_ih_l0{suffix}"] + w[f"encoder.bias_hh_l0{suffix}"]
+        gates_x = x @ ih.T + bias
         outs = []
         for t in range(x.shape[1]):
             h, c = _cell(gates_x[:, t] + h @ hh.T, c)
