@@ -30,9 +30,11 @@ def describe(model: TenseCVAE, extra: dict[str, Any] | None = None) -> dict[str,
 
 def digest(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
     """modelfile.digest over the weights' bytes."""
-    return modelfile.digest(
-        meta, {k: v.detach().cpu().contiguous().numpy() for k, v in tensors.items()}
-    )
+    return modelfile.digest(meta, _arrays(tensors))
+
+
+def _arrays(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    return {k: v.detach().cpu().contiguous().numpy() for k, v in tensors.items()}
 
 
 def _pack(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
@@ -85,11 +87,7 @@ def _load_weights(model: TenseCVAE, tensors: dict[str, torch.Tensor], what: str)
 
 
 def _verify(meta: dict[str, Any], tensors: dict[str, torch.Tensor], what: str) -> None:
-    if "digest" in meta and digest(meta, tensors) != meta["digest"]:
-        raise ModelLoadError(
-            f"{what}: config, vocabulary and weights do not match their checksum "
-            "(damaged or edited)"
-        )
+    modelfile.verify(meta, _arrays(tensors), what)
 
 
 def to_bytes(model: TenseCVAE, extra: dict[str, Any] | None = None) -> bytes:

@@ -75,11 +75,7 @@ class LiteModel:
         except (SafetensorError, ValueError, TypeError) as e:
             # a dtype numpy lacks (bf16) is for torch to read; damage torch reports too
             raise LiteUnsupported(f"{weights}: {type(e).__name__}") from None
-        if modelfile.digest(meta, arrays) != meta["digest"]:
-            raise ModelLoadError(
-                f"{folder}: config, vocabulary and weights do not match their checksum "
-                "(damaged or edited)"
-            )
+        modelfile.verify(meta, arrays, str(folder))
         for k, v in arrays.items():
             if v.dtype != np.float32:
                 raise LiteUnsupported(f"{k} is {v.dtype}, not float32")

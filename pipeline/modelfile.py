@@ -33,6 +33,15 @@ def digest(meta: Mapping[str, Any], arrays: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
+def verify(meta: Mapping[str, Any], arrays: Mapping[str, Any], what: str) -> None:
+    """ModelLoadError where the metadata carries a checksum the weights do not match."""
+    if "digest" in meta and digest(meta, arrays) != meta["digest"]:
+        raise ModelLoadError(
+            f"{what}: config, vocabulary and weights do not match their checksum "
+            "(damaged or edited)"
+        )
+
+
 def read_config(meta: Any, what: str) -> tuple[ModelConfig, Vocab]:
     """The model config and vocabulary a model's metadata describes; anything this version
     cannot build is one ModelLoadError line."""

@@ -277,11 +277,12 @@ class Trainer:
         if t.prior_tenses == 4:
             # each draw in its four tenses, but with prior_anchor_reteach off not in the
             # simple present the decoder already writes there
+            skip_sp = t.prior_anchor == "sp" and not t.prior_anchor_reteach
             keep = [
                 (j, k)
                 for j in range(len(lines))
                 for k in range(4)
-                if k or t.prior_anchor_reteach or t.prior_anchor != "sp" or not took[j]
+                if k or not (skip_sp and took[j])
             ]
             z = z[torch.tensor([j for j, _ in keep], device=z.device)]
             lines = [lines[j] for j, _ in keep]
