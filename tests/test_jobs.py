@@ -83,6 +83,28 @@ def test_bulk_conversion_job_keeps_good_lines_and_records_bad_ones(backend, trai
     assert "unknown tense 'future'" in rows[3]["error"]
 
 
+def test_bulk_conversion_refuses_a_nul_byte_by_line(backend, trained, tmp_path):
+    """PostgreSQL's text cannot hold a NUL: a line carrying one is refused with its reason
+    (stored as the four characters \\x00), and the job and its other lines go on."""
+    from db.queries import conversions
+    from pipeline.data import read_requests
+    from workers.jobs import submit
+
+    f = tmp_path / "in.txt"
+    f.write_bytes(b"abandon sp p\nab\x00c sp p\nwalk sp p\x00st\na\\b sp p\nwalk sp p\n")
+    requests = [list(r) for r in read_requests(f)]
+    job = wait_for(
+        submit("convert", {"model": trained["result"]["model_id"], "requests": requests})
+    )
+    assert job["state"] == "succeeded", job["error"]
+    assert job["result"] == {"lines": 5, "converted": 2, "refused": 3}
+    rows = conversions(job["id"])
+    assert rows[1]["word"] == "ab\\x00c" and "'\\x00'" in rows[1]["error"]
+    assert rows[2]["tgt"] == "p\\x00st" and "unknown tense" in rows[2]["error"]
+    assert rows[3]["word"] == "a\\b" and rows[3]["output"] is None
+    assert rows[0]["output"] and rows[4]["output"]
+
+
 def test_bulk_conversion_in_int8_and_by_beam_search(backend, trained):
     """The options of a bulk job reach its worker: int8 writes fp32's words, a beam width (by
     itself or for a round trip) is the width asked for, and a precision that does not exist fails the job, saying why."""

@@ -24,7 +24,7 @@ from db.models import (
     Model,
     Score,
 )
-from db.session import transaction
+from db.session import insert_rows, transaction
 from pipeline import artifacts
 from pipeline.config import from_dict
 from pipeline.evaluate import check_words, decode_options
@@ -250,6 +250,12 @@ def evaluate_job(job: Job, ctx: JobContext) -> dict[str, Any]:
 # -- convert -----------------------------------------------------------------------------------
 
 
+def _storable(text: Any, limit: int) -> str:
+    """A user's text as a row can hold it: at most ``limit`` characters, and a NUL (which
+    PostgreSQL's text cannot hold) written as the four characters \\x00."""
+    return str(text).replace("\x00", "\\x00")[:limit]
+
+
 def _convert_batch(
     model, rows: Sequence[Sequence[Any]], decode: dict[str, Any]
 ) -> list[dict[str, Any]]:
@@ -259,9 +265,9 @@ def _convert_batch(
     for line, word, src, tgt in rows:
         row = {
             "line": line,
-            "word": str(word)[:255],
-            "src": str(src)[:32],
-            "tgt": str(tgt)[:32],
+            "word": _storable(word, 255),
+            "src": _storable(src, 32),
+            "tgt": _storable(tgt, 32),
             "output": None,
             "error": None,
         }
@@ -270,7 +276,7 @@ def _convert_batch(
             (row["word"],) = check_words(model, [word])
             good.append(row)
         except ValueError as e:
-            row["error"] = str(e)
+            row["error"] = _storable(e, 10_000)
         out.append(row)
     if good:
         outputs = pipeline.convert(
@@ -310,7 +316,7 @@ def convert_job(job: Job, ctx: JobContext) -> dict[str, Any]:
             written = len(done) + start + len(rows)
 
             def write(s, rows=rows, written=written):
-                s.execute(insert(Conversion), [{**r, "job_id": job.id} for r in rows])
+                insert_rows(s, Conversion, [{**r, "job_id": job.id} for r in rows])
                 ctx.progress(written / len(requests), f"{written}/{len(requests)} lines", s)
 
             if pending is not None:
@@ -351,7 +357,7 @@ def generate_job(job: Job, ctx: JobContext) -> dict[str, Any]:
 
     def write(s):
         s.execute(delete(GeneratedWord).where(GeneratedWord.job_id == job.id))
-        s.execute(insert(GeneratedWord), rows)
+        insert_rows(s, GeneratedWord, rows)
 
     transaction(write)
     return {
