@@ -63,20 +63,25 @@ def test_training_job_end_to_end(backend, trained):
     assert any(n.startswith("exact_match:") for n in names)
 
 
-def test_bulk_conversion_job_keeps_good_lines_and_records_bad_ones(backend, trained, tmp_path):
+def _bulk_job(trained, path, content: bytes) -> tuple[dict, list[dict]]:
+    """A bulk conversion job of the file ``content``, run to its end: (job, its rows)."""
     from db.queries import conversions
     from pipeline.data import read_requests
     from workers.jobs import submit
 
-    f = tmp_path / "in.txt"
-    f.write_text("abandon sp p\nWalk present past\nab1 sp p\nwalk sp future\nsplit sp ing\n")
-    requests = [list(r) for r in read_requests(f)]
+    path.write_bytes(content)
+    requests = [list(r) for r in read_requests(path)]
     job = wait_for(
         submit("convert", {"model": trained["result"]["model_id"], "requests": requests})
     )
     assert job["state"] == "succeeded", job["error"]
+    return job, conversions(job["id"])
+
+
+def test_bulk_conversion_job_keeps_good_lines_and_records_bad_ones(backend, trained, tmp_path):
+    text = b"abandon sp p\nWalk present past\nab1 sp p\nwalk sp future\nsplit sp ing\n"
+    job, rows = _bulk_job(trained, tmp_path / "in.txt", text)
     assert job["result"] == {"lines": 5, "converted": 3, "refused": 2}
-    rows = conversions(job["id"])
     assert [r["line"] for r in rows] == [1, 2, 3, 4, 5]
     assert rows[1]["word"] == "walk" and rows[1]["src"] == "sp" and rows[1]["output"]
     assert "ab1" in rows[2]["error"] and rows[2]["output"] is None
@@ -86,19 +91,9 @@ def test_bulk_conversion_job_keeps_good_lines_and_records_bad_ones(backend, trai
 def test_bulk_conversion_refuses_a_nul_byte_by_line(backend, trained, tmp_path):
     """PostgreSQL's text cannot hold a NUL: a line carrying one is refused with its reason
     (stored as the four characters \\x00), and the job and its other lines go on."""
-    from db.queries import conversions
-    from pipeline.data import read_requests
-    from workers.jobs import submit
-
-    f = tmp_path / "in.txt"
-    f.write_bytes(b"abandon sp p\nab\x00c sp p\nwalk sp p\x00st\na\\b sp p\nwalk sp p\n")
-    requests = [list(r) for r in read_requests(f)]
-    job = wait_for(
-        submit("convert", {"model": trained["result"]["model_id"], "requests": requests})
-    )
-    assert job["state"] == "succeeded", job["error"]
+    text = b"abandon sp p\nab\x00c sp p\nwalk sp p\x00st\na\\b sp p\nwalk sp p\n"
+    job, rows = _bulk_job(trained, tmp_path / "in.txt", text)
     assert job["result"] == {"lines": 5, "converted": 2, "refused": 3}
-    rows = conversions(job["id"])
     assert rows[1]["word"] == "ab\\x00c" and "'\\x00'" in rows[1]["error"]
     assert rows[2]["tgt"] == "p\\x00st" and "unknown tense" in rows[2]["error"]
     assert rows[3]["word"] == "a\\b" and rows[3]["output"] is None
