@@ -21,6 +21,11 @@ class DatabaseUnavailable(Exception):
     """The database stayed unreachable for the whole retry window."""
 
 
+class DatabaseFolderError(ValueError):
+    """The folder a SQLite database is to live in cannot be made (the command line prints
+    it as one line)."""
+
+
 def home() -> Path:
     """Where the no-server default keeps its files (TENSEVAE_HOME, else ./tensevae-data)."""
     return Path(os.environ.get("TENSEVAE_HOME") or "tensevae-data").resolve()
@@ -52,7 +57,15 @@ def engine(url: str | None = None) -> Engine:
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(path).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                why = "a file is in the way" if isinstance(e, FileExistsError) else e.strerror
+                raise DatabaseFolderError(
+                    f"cannot make {folder} for the database ({why or e}); "
+                    "set TENSEVAE_HOME or TENSEVAE_DATABASE_URL to a place that can hold it"
+                ) from None
         eng = create_engine(url, connect_args={"timeout": 30})
         event.listen(eng, "connect", _sqlite_pragmas)
         return eng

@@ -162,6 +162,17 @@ def test_unreachable_database_is_one_line(tmp_path):
     assert "unreachable" in line and "s3cret" not in line
 
 
+@pytest.mark.parametrize("args", [["jobs"], ["generate", "-n", "1", "--wait"], ["worker"]])
+def test_a_home_that_cannot_be_made_is_one_line(tmp_path, args):
+    """TENSEVAE_HOME (or a SQLite URL) under a file: one line naming the folder, exit 2."""
+    (tmp_path / "file").write_text("")
+    line = one_line_error(tv(*args, home=tmp_path / "file" / "home"))
+    assert str(tmp_path / "file" / "home") in line and "TENSEVAE_HOME" in line
+    env = {"TENSEVAE_DATABASE_URL": f"sqlite:///{tmp_path / 'file' / 'db.sqlite'}"}
+    line = one_line_error(tv(*args, home=tmp_path, env=env))
+    assert "a file is in the way" in line
+
+
 def test_no_server_default_runs_a_job_with_one_command(tmp_path):
     f = tmp_path / "in.txt"
     f.write_text("abandon sp p\nbegin sp tp\nab1 sp p\n")

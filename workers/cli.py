@@ -838,6 +838,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         errors.append(mods["pipeline.errors"].TenseVAEError)
     if "db.migrate" in mods:
         errors.append(mods["db.migrate"].SchemaError)
+    if "db.session" in mods:
+        errors.append(mods["db.session"].DatabaseFolderError)
     if "workers.jobs" in mods:
         errors.append(mods["workers.jobs"].BrokerError)
     if "sqlalchemy" in mods:
