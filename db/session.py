@@ -21,9 +21,9 @@ class DatabaseUnavailable(Exception):
     """The database stayed unreachable for the whole retry window."""
 
 
-class DatabaseFolderError(ValueError):
-    """The folder a SQLite database is to live in cannot be made (the command line prints
-    it as one line)."""
+class DatabaseSettingError(ValueError):
+    """A database setting that cannot be used: a URL no driver reads, a SQLite folder that
+    cannot be made (the command line prints it as one line)."""
 
 
 def home() -> Path:
@@ -53,7 +53,20 @@ def _normalise(url: str) -> str:
 
 @cache
 def engine(url: str | None = None) -> Engine:
-    url = _normalise(url or database_url())
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    given = url or database_url()
+    try:
+        return _engine(_normalise(given))
+    except (ArgumentError, NoSuchModuleError, ImportError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DatabaseSettingError(
+            f"TENSEVAE_DATABASE_URL {mask_url(given)!r} cannot be used ({reason}); tensevae "
+            "keeps its results in SQLite (sqlite:///FILE) or PostgreSQL (postgresql://...)"
+        ) from None
+
+
+def _engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
@@ -62,7 +75,7 @@ def engine(url: str | None = None) -> Engine:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 why = "a file is in the way" if isinstance(e, FileExistsError) else e.strerror
-                raise DatabaseFolderError(
+                raise DatabaseSettingError(
                     f"cannot make {folder} for the database ({why or e}); "
                     "set TENSEVAE_HOME or TENSEVAE_DATABASE_URL to a place that can hold it"
                 ) from None
@@ -71,7 +84,15 @@ def engine(url: str | None = None) -> Engine:
         return eng
     # pool_pre_ping replaces connections a restarted server dropped; connect_timeout turns a
     # server that does not answer into an error instead of a hang.
-    timeout = int(float(os.environ.get("TENSEVAE_DB_CONNECT_TIMEOUT", "10")))
+    raw = os.environ.get("TENSEVAE_DB_CONNECT_TIMEOUT", "10")
+    try:
+        timeout = int(float(raw))
+    except ValueError:
+        timeout = 0
+    if not 1 <= timeout <= 3600:
+        raise DatabaseSettingError(
+            f"TENSEVAE_DB_CONNECT_TIMEOUT must be whole seconds from 1 to 3600, not {raw!r}"
+        )
     return create_engine(
         url,
         pool_pre_ping=True,

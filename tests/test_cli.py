@@ -121,6 +121,15 @@ def test_one_off_conversion_imports_no_job_system(engine, unused):
         (["convert", "walk", "--precision", "fp16"], "invalid choice: 'fp16'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["jobs", "--limit"], "expected one argument"),
+        (["plot", "424242"], "no job 424242"),
+        (["convert", "walk", "--from", "sp", "--to", "p", "--output", "x.csv"], "use --input"),
+        (["convert", "--input", "in.txt", "--output", "x.csv"], "add --wait"),
+        (["convert", "--input", "in.txt", "--wait", "--output", "/no/such/x.csv"], "no folder"),
+        (["convert", "--input", "in.txt", "--wait", "--output", "/"], "is a folder"),
+        (["train", "--plot", "x.png"], "add --wait"),
+        (["train", "--wait", "--plot", "/no/such/x.png"], "no folder /no/such"),
+        (["results", "--job", "1", "--output", "/no/such/x.csv"], "no folder"),
+        (["plot", "1", "--output", "/no/such/x.png"], "no folder"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
@@ -171,6 +180,27 @@ def test_a_home_that_cannot_be_made_is_one_line(tmp_path, args):
     env = {"TENSEVAE_DATABASE_URL": f"sqlite:///{tmp_path / 'file' / 'db.sqlite'}"}
     line = one_line_error(tv(*args, home=tmp_path, env=env))
     assert "a file is in the way" in line
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "needle"),
+    [
+        ("TENSEVAE_DATABASE_URL", "garbage", "'garbage' cannot be used"),
+        ("TENSEVAE_DATABASE_URL", "nosuchdb://me:s3cret@h/db", "'nosuchdb://me:***@h/db'"),
+        ("TENSEVAE_DB_CONNECT_TIMEOUT", "soon", "not 'soon'"),
+    ],
+)
+def test_a_database_setting_that_cannot_be_used_is_one_line(tmp_path, setting, value, needle):
+    env = {setting: value}
+    if setting == "TENSEVAE_DB_CONNECT_TIMEOUT":
+        env["TENSEVAE_DATABASE_URL"] = "postgresql://nobody@127.0.0.1:1/none"
+    line = one_line_error(tv("jobs", home=tmp_path, env=env))
+    assert setting in line and needle in line and "s3cret" not in line
+
+
+def test_plot_of_a_job_without_epochs_is_one_line(tmp_path):
+    tv("generate", "-n", "1", "--wait", home=tmp_path, check=0)
+    assert "no epoch figures" in one_line_error(tv("plot", "1", home=tmp_path))
 
 
 def test_no_server_default_runs_a_job_with_one_command(tmp_path):

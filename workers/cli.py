@@ -226,9 +226,30 @@ def _show_scores(job: dict[str, Any]) -> None:
 # -- commands ------------------------------------------------------------------------------------
 
 
+def _check_writable(path: str | None) -> None:
+    """Refuse, before any work is submitted, a file the command could not write at the end."""
+    if not path or path == "-":
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"{path}: is a folder, not a file to write")
+    folder = target.parent
+    if not folder.is_dir():
+        raise UserError(f"{path}: no folder {folder} to write it in")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UserError(f"{path}: not writable")
+
+
+def _needs_wait(args, flag: str, value) -> None:
+    if value and not args.wait:
+        raise UserError(f"{flag} is written when the job ends: add --wait")
+
+
 def cmd_train(args) -> int:
     from pipeline.config import load_config
 
+    _needs_wait(args, "--plot", args.plot)
+    _check_writable(args.plot)
     config = load_config(args.config, args.set)
     params = {
         "config": config.to_dict(),
@@ -253,7 +274,13 @@ def _plot(job_id: int, target: str | None) -> Path:
     from pipeline.plots import plot_history
 
     path = Path(target) if target else home() / f"job-{job_id}-curves.png"
-    return plot_history(epoch_figures(job_id), path, title=f"tensevae training job {job_id}")
+    figures = epoch_figures(job_id)
+    if not figures:
+        raise UserError(f"job {job_id} recorded no epoch figures to plot (training jobs do)")
+    try:
+        return plot_history(figures, path, title=f"tensevae training job {job_id}")
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def cmd_convert(args) -> int:
@@ -273,6 +300,8 @@ def cmd_convert(args) -> int:
                 "--engine chooses how one-off conversions run; a bulk job's worker uses torch"
             )
         return _bulk_convert(args)
+    if args.output or args.format:
+        raise UserError("--output and --format write a bulk job's conversions: use --input FILE")
     if not args.words:
         raise UserError("give words to convert, or --input FILE for a bulk job")
     if not args.src or not args.tgt:
@@ -343,6 +372,8 @@ def _bulk_convert(args) -> int:
     from pipeline.data import read_requests
     from pipeline.evaluate import decode_options
 
+    _needs_wait(args, "--output", args.output)
+    _check_writable(args.output)
     requests = read_requests(args.input)
     params = {
         "model": _model_ref(args.model),
@@ -378,7 +409,10 @@ def _write_rows(rows: list[dict[str, Any]], path: str, fmt: str | None) -> None:
     import csv
 
     fmt = fmt or ("json" if str(path).endswith(".json") else "csv")
-    out = sys.stdout if path == "-" else open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+    try:
+        out = sys.stdout if path == "-" else open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         if fmt == "json":
             json.dump(rows, out, indent=1)
@@ -492,6 +526,7 @@ def cmd_results(args) -> int:
     from db import queries
 
     _ensure_db()
+    _check_writable(args.output)
     if args.job is not None:
         job = queries.get_job(args.job)
         if job is None:
@@ -649,7 +684,12 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_plot(args) -> int:
+    from db.queries import get_job
+
     _ensure_db()
+    _check_writable(args.output)
+    if get_job(args.id, full=False) is None:
+        raise UserError(f"no job {args.id}")
     print(_plot(args.id, args.output))
     return 0
 
@@ -839,7 +879,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     if "db.migrate" in mods:
         errors.append(mods["db.migrate"].SchemaError)
     if "db.session" in mods:
-        errors.append(mods["db.session"].DatabaseFolderError)
+        errors.append(mods["db.session"].DatabaseSettingError)
     if "workers.jobs" in mods:
         errors.append(mods["workers.jobs"].BrokerError)
     if "sqlalchemy" in mods:
