@@ -240,16 +240,18 @@ def _check_writable(path: str | None) -> None:
         raise UserError(f"{path}: not writable")
 
 
-def _needs_wait(args, flag: str, value) -> None:
-    if value and not args.wait:
+def _check_written_at_end(args, flag: str, path: str | None) -> None:
+    """A file the command writes when its job ends: refused without --wait, or where it
+    could not be written."""
+    if path and not args.wait:
         raise UserError(f"{flag} is written when the job ends: add --wait")
+    _check_writable(path)
 
 
 def cmd_train(args) -> int:
     from pipeline.config import load_config
 
-    _needs_wait(args, "--plot", args.plot)
-    _check_writable(args.plot)
+    _check_written_at_end(args, "--plot", args.plot)
     config = load_config(args.config, args.set)
     params = {
         "config": config.to_dict(),
@@ -372,8 +374,7 @@ def _bulk_convert(args) -> int:
     from pipeline.data import read_requests
     from pipeline.evaluate import decode_options
 
-    _needs_wait(args, "--output", args.output)
-    _check_writable(args.output)
+    _check_written_at_end(args, "--output", args.output)
     requests = read_requests(args.input)
     params = {
         "model": _model_ref(args.model),
