@@ -5,9 +5,10 @@
 
 A variant is NAME:KEY=VALUE,KEY=VALUE (overrides of the config, as ``--set`` takes them).
 Every run is scored the way benchmarks/quality.py scores one (BLEU-4 with the posterior mean
-and 100 sampled z, Gaussian score over 20 draws of 100 z greedy, by beam 4 and anchored,
-exact match on the verbs trained on and on those held out by verb), without LemmInflect. Results stream to a JSON-lines file as runs finish, and the
-table is written at the end. This is for choosing a config; quality.py measures the chosen one.
+and 100 sampled z, Gaussian score over 20 draws of 100 z greedy, by beam 4, joint beam 4 and
+anchored, exact match on the verbs trained on and on those held out by verb), without
+LemmInflect. Results stream to a JSON-lines file as runs finish, and the table is written at
+the end. This is for choosing a config; quality.py measures the chosen one.
 """
 
 from __future__ import annotations
@@ -65,9 +66,9 @@ def table(runs: list[dict], command: str, device: str) -> str:
         f"Device: {device}; mean ± standard deviation over seeds.",
         "",
         "| variant | overrides | seeds | train s | BLEU-4 | BLEU-4 sampled | Gaussian | distinct "
-        "| Gaussian, beam 4 | anchored, beam 4 (distinct) | trained verbs, all 12 "
-        "| unseen sp | unseen all | unseen sp, round trip |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Gaussian, beam 4 | joint, beam 4 (distinct) | anchored, beam 4 (distinct) "
+        "| trained verbs, all 12 | unseen sp | unseen all | unseen sp, round trip |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by: dict[str, list[dict]] = {}
     for r in runs:
@@ -75,13 +76,14 @@ def table(runs: list[dict], command: str, device: str) -> str:
     for name, rs in by.items():
         ok = [r for r in rs if "error" not in r]
         if not ok:
-            lines.append(f"| {name} | failed: {rs[0]['error']} |||||||||||||")
+            lines.append(f"| {name} | failed: {rs[0]['error']} ||||||||||||||")
             continue
         lines.append(
             f"| {name} | {' '.join(ok[0]['overrides']) or '-'} | {len(ok)} "
             f"| {ms(r['seconds'] for r in ok)} | {ms(r['bleu4'] for r in ok)} "
             f"| {ms(r['bleu4_sampled'] for r in ok)} | {ms(r['gaussian'] for r in ok)} "
             f"| {ms(r['distinct'] for r in ok)} | {ms(r['gaussian_beam'] for r in ok)} "
+            f"| {ms(r['gaussian_joint'] for r in ok)} ({ms(r['distinct_joint'] for r in ok)}) "
             f"| {ms(r['gaussian_anchored'] for r in ok)} ({ms(r['distinct_anchored'] for r in ok)}) "
             f"| {ms(r['trained']['mean'] for r in ok)} "
             f"| {ms(r['unseen']['sp_mean'] for r in ok)} "
@@ -135,7 +137,8 @@ def main() -> None:
                 print(
                     f"{r['variant']} seed {r['seed']}: {r['seconds']:.0f}s bleu {r['bleu4']:.3f} "
                     f"sampled {r['bleu4_sampled']:.3f} gaussian {r['gaussian']:.3f} "
-                    f"({r['distinct']:.0f} distinct) anchored {r['gaussian_anchored']:.3f} "
+                    f"({r['distinct']:.0f} distinct) joint {r['gaussian_joint']:.3f} "
+                    f"({r['distinct_joint']:.0f}) anchored {r['gaussian_anchored']:.3f} "
                     f"trained {r['trained']['mean']:.3f} unseen sp {r['unseen']['sp_mean']:.3f} "
                     f"recall mean {r['recall']['mean']:.3f} sample {r['recall']['sample']:.3f}",
                     flush=True,

@@ -26,6 +26,12 @@ from .vocab import max_word_length as vocab_max_word_length
 
 CHUNK = 512  # words decoded at once: short chunks waste fewer steps and stay in cache
 ROUNDTRIP_WIDTH = 4  # candidates a round trip weighs unless told otherwise
+# Joint generation: what a unit of the four forms' disagreement costs, in nats of their
+# log-probability per squared unit of z (the prior's N(0, I) scale), and the widest beam it
+# weighs (width ** 4 choices per z). Chosen on draws that no score uses (7,000,000 onward):
+# 1 to 10 scored alike on the shipped model (benchmarks/results/sweeps.md).
+AGREEMENT = 3.0
+JOINT_WIDTH, JOINT_MAX_WIDTH = 4, 8
 
 
 def max_word_length(model: TenseCVAE) -> int:
@@ -248,8 +254,12 @@ def decode_latents(
     method: str = "greedy",
     beam_width: int = 4,
     anchored: bool = False,
+    joint: bool = False,
 ) -> list[Quad]:
     """The four forms each latent (N, Z) decodes to, with no source word to attend to.
+
+    ``joint``: each tense's form is one of its ``beam_width`` beam-search candidates from z,
+    and the four are chosen together (see _agreeing_forms).
 
     ``anchored``: only the simple present comes from z; the other three forms are the
     model's own conversions of it (through the encoder's posterior, attending to its
@@ -259,8 +269,17 @@ def decode_latents(
         raise ValueError(
             f"a {model.precision} model converts words only; generate with its fp32 original"
         )
+    if joint and anchored:
+        raise ValueError("joint and anchored generation are two procedures: choose one")
+    if joint and not (method == "beam" and 2 <= beam_width <= JOINT_MAX_WIDTH):
+        raise ValueError(
+            f"joint generation chooses among beam search's candidates: give a beam width "
+            f"from 2 to {JOINT_MAX_WIDTH}"
+        )
     model.eval()
     z = z.to(model.device)
+    if joint:
+        return _agreeing_forms(model, z, beam_width)
     if not anchored:
         return _four_forms(model, z, method, beam_width)
     n = z.size(0)
@@ -290,6 +309,59 @@ def _four_forms(model: TenseCVAE, z: torch.Tensor, method: str, beam_width: int)
     return [tuple(words[4 * i : 4 * i + 4]) for i in range(n)]
 
 
+def _agreeing_forms(model: TenseCVAE, z: torch.Tensor, width: int) -> list[Quad]:
+    """Joint decoding of each z's four forms. Beam search gives each tense's ``width``
+    likeliest forms from z; the encoder gives each candidate's posterior mean under its
+    own tense, where in z it says that form belongs. Of the width ** 4 ways to take one
+    candidate per tense, the one kept maximises the four log-probabilities' sum less
+    AGREEMENT times the spread of the four posterior means (summed squared distances from
+    their centre): forms the decoder finds likely that the encoder also places together,
+    as the four forms of one verb are. Every form is still the decoder's from z under its
+    tense; the encoder only weighs them. A z with a tense whose candidates all are empty or
+    too long to read back keeps beam search's likeliest forms."""
+    n, W, device = z.size(0), width, model.device
+    zz = z.repeat_interleave(4, dim=0)  # (4N, Z): row 4i + k is z_i under tense k
+    tenses = torch.arange(4, device=device).repeat(n)
+    history, logp = decoding.nbest(
+        model.decode_step, model.init_decoder(zz, tenses), 4 * n, model.config.max_length,
+        width=W, device=device,
+    )  # fmt: skip
+    words = [[model.vocab.decode(row) for row in rows] for rows in history.tolist()]
+    logp = logp.float().cpu()
+    limit = max_word_length(model)
+    readable = [
+        (r, j)
+        for r in range(4 * n)
+        for j in range(W)
+        if logp[r, j] > float("-inf") and 0 < len(words[r][j]) <= limit
+    ]
+    means = torch.zeros(4 * n, W, z.size(1))
+    for i in range(0, len(readable), CHUNK):
+        part = readable[i : i + CHUNK]
+        ids, lengths = encode_sources([words[r][j] for r, j in part], model.vocab)
+        tense = torch.tensor([r % 4 for r, _ in part], device=device)
+        mu = model.encode(ids.to(device), lengths, tense).mu.float().cpu()
+        means[tuple(zip(*part, strict=True))] = mu
+    usable = torch.full((4 * n, W), float("-inf"))
+    if readable:
+        usable[tuple(zip(*readable, strict=True))] = 0.0
+    # every choice of one candidate per tense, (W^4, 4)
+    choices = torch.cartesian_prod(*[torch.arange(W)] * 4)
+    tense_of = torch.arange(4)
+    quads: list[Quad] = []
+    for i in range(n):
+        rows = slice(4 * i, 4 * i + 4)
+        score = (logp[rows] + usable[rows])[tense_of, choices].sum(1)  # (W^4,)
+        picked = means[rows][tense_of, choices]  # (W^4, 4, Z)
+        spread = (picked - picked.mean(1, keepdim=True)).pow(2).sum((1, 2))
+        score = score - AGREEMENT * spread
+        best = choices[score.argmax()] if bool(torch.isfinite(score).any()) else None
+        if best is None:  # nothing to weigh: beam search's own likeliest forms
+            best = logp[rows].argmax(1)
+        quads.append(tuple(words[4 * i + k][int(best[k])] for k in range(4)))
+    return quads
+
+
 def generate(
     model: TenseCVAE,
     n: int = 100,
@@ -298,16 +370,20 @@ def generate(
     method: str = "greedy",
     beam_width: int = 4,
     anchored: bool = False,
+    joint: bool = False,
 ) -> list[Quad]:
     """n verbs, each the four forms decoded from one z ~ N(0, I), greedily (the lab's way)
     or by beam search, which writes the likeliest form of each tense instead of the likeliest
-    character at each step; ``anchored``: the simple present from z, the rest converted
-    from it (see decode_latents)."""
+    character at each step; ``joint``: the four forms chosen together among beam search's
+    candidates; ``anchored``: the simple present from z, the rest converted from it (see
+    decode_latents)."""
     if n < 1:
         raise ValueError("generate needs n >= 1")
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, model.config.latent_size, generator=g)
-    return decode_latents(model, z, method=method, beam_width=beam_width, anchored=anchored)
+    return decode_latents(
+        model, z, method=method, beam_width=beam_width, anchored=anchored, joint=joint
+    )
 
 
 def gaussian(
@@ -320,10 +396,12 @@ def gaussian(
     method: str = "greedy",
     beam_width: int = 4,
     anchored: bool = False,
+    joint: bool = False,
 ) -> dict[str, Any]:
     """The lab's Gaussian score over ``draws`` independent draws of ``n`` z: mean, spread,
-    and the distinct training verbs the matching tuples cover. ``anchored`` scores the
-    anchored generation instead (not the lab's score: three forms are conversions)."""
+    and the distinct training verbs the matching tuples cover. ``joint`` decodes each z's
+    four forms together (see _agreeing_forms); ``anchored`` scores the anchored generation
+    instead (not the lab's score: three forms are conversions)."""
     train = load_train() if train is None else train
     scores, distinct = [], []
     for d in range(draws):
@@ -334,6 +412,7 @@ def gaussian(
             method=method,
             beam_width=beam_width,
             anchored=anchored,
+            joint=joint,
         )
         scores.append(gaussian_score(tuples, train))
         distinct.append(distinct_verbs(tuples, train))
@@ -346,6 +425,7 @@ def gaussian(
         "distinct_verbs_mean": sum(distinct) / draws,
         "decoding": method if method == "greedy" else f"beam {beam_width}",
         "anchored": anchored,
+        "joint": joint,
     }
 
 
@@ -409,13 +489,16 @@ def evaluate(
     gaussian_draws: int = 20,
     gaussian_beam: int = 0,
     gaussian_anchored: bool = False,
+    gaussian_joint: bool = False,
     seed: int = 0,
 ) -> dict[str, Any]:
     """All the lab's figures for a model: BLEU-4 (posterior mean, and sampled z), Gaussian
     score (mean over draws), and exact match per direction on the test conversions, or on
     all 12 directions of a user's quadruple file ``verbs`` (a path, or its quadruples).
     The Gaussian score decodes greedily, or by beam search of width ``gaussian_beam``;
-    ``gaussian_anchored`` scores anchored generation instead (see decode_latents)."""
+    ``gaussian_joint`` chooses each z's four forms together among its candidates (width 4
+    unless given); ``gaussian_anchored`` scores anchored generation instead (see
+    decode_latents)."""
     tests = load_test() if tests is None else tests
     bleu = bleu_on(model, tests, samples=bleu_samples, seed=seed)
     result: dict[str, Any] = {
@@ -426,7 +509,8 @@ def evaluate(
             draws=gaussian_draws,
             seed=seed,
             anchored=gaussian_anchored,
-            **decode_options(gaussian_beam),
+            joint=gaussian_joint,
+            **decode_options(gaussian_beam or (JOINT_WIDTH if gaussian_joint else 0)),
         )
         if gaussian_draws
         else None,

@@ -31,6 +31,8 @@ def _run(config: str, seed: int) -> dict:
         "distinct": 60.0,
         "gaussian_beam": 0.75,
         "distinct_beam": 62.0,
+        "gaussian_joint": 0.9 + seed / 50,
+        "distinct_joint": 79.0 + seed * 2,
         "gaussian_anchored": 0.95,
         "distinct_anchored": 78.0,
         "unseen": _exact(0.9),
@@ -73,3 +75,13 @@ def test_tables_have_a_cell_for_every_column(name):
         text = module.table(runs, "python benchmarks/sweep.py", "2 CPUs")
         assert "| 0.920 ± 0.000 |" in text
     _check(text)
+
+
+def test_quality_says_which_decodings_reach_the_gaussian_target():
+    import quality
+
+    runs = [_run("default", s) for s in (0, 1)]  # joint: 0.91 over 80 distinct, on average
+    assert "reached by default (joint beam 4);" in quality.table(runs, 2, "q")
+    for r in runs:
+        r["distinct_joint"] = 70.0
+    assert "No config reached the Gaussian target" in quality.table(runs, 2, "q")

@@ -104,12 +104,14 @@ def test_a_bulk_jobs_lines_are_read_only_by_its_handler(job):
 def test_score_names_tell_decodings_apart():
     from workers.handlers import score_rows
 
-    def names(decoding, anchored):
+    def names(decoding, anchored, joint=False):
         g = {"mean": 0.5, "std": 0.1, "draws": 2, "distinct_verbs_mean": 40.0,
-             "decoding": decoding, "anchored": anchored}  # fmt: skip
+             "decoding": decoding, "anchored": anchored, "joint": joint}  # fmt: skip
         return {r["name"] for r in score_rows({"bleu4": 1.0, "gaussian_score": g}, "test.txt")}
 
     assert "gaussian_score" in names("greedy", False)
     assert "gaussian_score_beam4" in names("beam 4", False)
     assert "gaussian_score_anchored" in names("greedy", True)
     assert "gaussian_score_beam4_anchored" in names("beam 4", True)
+    assert "gaussian_score_beam4_joint" in names("beam 4", False, joint=True)
+    assert "gaussian_distinct_verbs_beam4_joint" in names("beam 4", False, joint=True)

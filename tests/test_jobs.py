@@ -148,6 +148,9 @@ def test_generation_and_evaluation_jobs(backend, trained):
     assert [g["sp"] for g in generated(anchored["id"])] == [g["sp"] for g in generated(gen["id"])][
         :4
     ]
+    joint = wait_for(submit("generate", {"model": model, "n": 4, "seed": 3, "joint": True}))
+    assert joint["state"] == "succeeded" and joint["result"]["joint"] is True, joint["error"]
+    assert len(generated(joint["id"])) == 4
     ev = wait_for(
         submit(
             "evaluate",
@@ -168,6 +171,14 @@ def test_generation_and_evaluation_jobs(backend, trained):
     }
     names = {s["name"] for s in job_scores(ev["id"])}
     assert "gaussian_score_beam2" in names and "gaussian_score" not in names
+    ev = wait_for(
+        submit(
+            "evaluate",
+            {"model": model, "bleu_samples": 0, "gaussian_draws": 1, "gaussian_joint": True},
+        )
+    )
+    assert ev["state"] == "succeeded", ev["error"]
+    assert "gaussian_score_beam4_joint" in {s["name"] for s in job_scores(ev["id"])}
 
 
 def test_an_idle_worker_starts_a_job_within_a_fraction_of_a_second(backend, trained):

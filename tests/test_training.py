@@ -1,3 +1,4 @@
+import importlib
 import itertools
 import json
 import math
@@ -119,6 +120,79 @@ def test_anchored_generation_conjugates_the_simple_present_it_draws(tiny_run):
                 assert q == r
     g = pipeline.evaluate(model, bleu_samples=0, gaussian_draws=1, gaussian_anchored=True)
     assert g["gaussian_score"]["anchored"] is True
+
+
+def _beam_candidates(model, z, width):
+    """Each tense's beam candidates from each z and their log-probabilities, as joint
+    generation weighs them."""
+    from pipeline import decoding
+
+    n = z.size(0)
+    state = model.init_decoder(z.repeat_interleave(4, 0), torch.arange(4).repeat(n))
+    with torch.no_grad():
+        history, logp = decoding.nbest(
+            model.decode_step, state, 4 * n, model.config.max_length, width=width
+        )
+    words = [[model.vocab.decode(r) for r in rows] for rows in history.tolist()]
+    return words, logp
+
+
+def _spread(model, quad):
+    from pipeline.data import encode_sources
+
+    ids, lengths = encode_sources(list(quad), model.vocab)
+    with torch.no_grad():
+        mu = model.encode(ids, lengths, torch.arange(4)).mu
+    return float((mu - mu.mean(0)).pow(2).sum())
+
+
+def test_joint_generation_chooses_among_each_tenses_candidates(tiny_run, monkeypatch):
+    """Every form of a joint tuple is one of its tense's beam candidates from that z; with
+    no weight on agreement it is beam search's own choice, and with weight its forms'
+    posterior means lie no farther apart than beam search's, for no more than the
+    log-probability that buys (a heavy weight here: the tiny model's candidates are far
+    apart in z)."""
+    evaluate = importlib.import_module("pipeline.evaluate")
+    monkeypatch.setattr(evaluate, "AGREEMENT", 100.0)
+    model = tiny_run[0].model
+    model.eval()
+    width, n = 3, 12
+    z = torch.randn(n, model.config.latent_size, generator=torch.Generator().manual_seed(5))
+    words, logp = _beam_candidates(model, z, width)
+    beam = evaluate.decode_latents(model, z, method="beam", beam_width=width)
+    joint = evaluate.decode_latents(model, z, method="beam", beam_width=width, joint=True)
+    limit = evaluate.max_word_length(model)
+    moved = 0
+    for i, (q, b) in enumerate(zip(joint, beam, strict=True)):
+        picks = [words[4 * i + k].index(q[k]) for k in range(4)]  # ValueError if not there
+        if q == b:
+            continue
+        moved += 1
+        assert all(0 < len(w) <= limit for w in q)
+        gain = evaluate.AGREEMENT * (_spread(model, b) - _spread(model, q))
+        cost = sum(float(logp[4 * i + k].max() - logp[4 * i + k, picks[k]]) for k in range(4))
+        assert gain >= cost - 1e-3
+    assert moved  # the weight changed some choices, so the checks above ran
+    monkeypatch.setattr(evaluate, "AGREEMENT", 0.0)
+    free = evaluate.decode_latents(model, z, method="beam", beam_width=width, joint=True)
+    readable = [i for i, b in enumerate(beam) if all(0 < len(w) <= limit for w in b)]
+    assert [free[i] for i in readable] == [beam[i] for i in readable]
+    g = pipeline.evaluate(model, bleu_samples=0, gaussian_draws=1, gaussian_joint=True)
+    assert g["gaussian_score"]["joint"] is True and g["gaussian_score"]["decoding"] == "beam 4"
+
+
+@pytest.mark.parametrize(
+    "kw, says",
+    [
+        ({"joint": True}, "beam width"),
+        ({"joint": True, "method": "beam", "beam_width": 1}, "beam width"),
+        ({"joint": True, "method": "beam", "beam_width": 9}, "beam width"),
+        ({"joint": True, "anchored": True, "method": "beam", "beam_width": 4}, "choose one"),
+    ],
+)
+def test_joint_generation_refuses_what_it_cannot_weigh(tiny_run, kw, says):
+    with pytest.raises(ValueError, match=says):
+        pipeline.generate(tiny_run[0].model, 2, **kw)
 
 
 def test_model_round_trips_through_bytes_and_folder(tiny_run, tmp_path):

@@ -205,6 +205,7 @@ def _show_scores(job: dict[str, Any]) -> None:
             if key == "gaussian_score":
                 how = r[key].get("decoding", "greedy")
                 how += ", anchored: not the lab's decoding" if r[key].get("anchored") else ""
+                how += ", the four forms chosen together" if r[key].get("joint") else ""
                 extra = (
                     f" (over {r[key]['draws']} draws of {r[key]['n']}, {how}; "
                     f"{r[key]['distinct_verbs_mean']:.1f} distinct verbs per draw)"
@@ -435,10 +436,13 @@ def cmd_evaluate(args) -> int:
         "seed": args.seed,
     }
     _check_beam(args.gaussian_beam, "--gaussian-beam")
+    _check_joint(args.gaussian_joint, args.gaussian_anchored, args.gaussian_beam, "--gaussian-")
     if args.gaussian_beam:
         params["gaussian_beam"] = args.gaussian_beam
     if args.gaussian_anchored:
         params["gaussian_anchored"] = True
+    if args.gaussian_joint:
+        params["gaussian_joint"] = True
     if args.verbs:
         from pipeline.data import read_quads
 
@@ -458,15 +462,34 @@ def _check_beam(width: int, flag: str) -> None:
         raise UserError(f"{flag} must be 0 (greedy) or a beam width up to {MAX_BEAM}, not {width}")
 
 
+def _check_joint(joint: bool, anchored: bool, width: int, prefix: str) -> None:
+    """Joint generation weighs beam search's candidates: a width from 2 to
+    JOINT_MAX_WIDTH (0 takes JOINT_WIDTH), and it is not anchored generation."""
+    from pipeline.evaluate import JOINT_MAX_WIDTH
+
+    if not joint:
+        return
+    if anchored:
+        raise UserError(f"{prefix}joint and {prefix}anchored are two procedures: give one")
+    if width and not 2 <= width <= JOINT_MAX_WIDTH:
+        raise UserError(
+            f"{prefix}joint chooses among 2 to {JOINT_MAX_WIDTH} candidates of each tense, "
+            f"not {width}: give {prefix}beam from 2 to {JOINT_MAX_WIDTH} (4 if not given)"
+        )
+
+
 def cmd_generate(args) -> int:
     if args.n < 1:
         raise UserError("-n must be at least 1")
     _check_beam(args.beam, "--beam")
+    _check_joint(args.joint, args.anchored, args.beam, "--")
     params = {"model": _model_ref(args.model), "n": args.n, "seed": args.seed}
     if args.beam:
         params["beam"] = args.beam
     if args.anchored:
         params["anchored"] = True
+    if args.joint:
+        params["joint"] = True
     job_id = _submit("generate", params, args)
     if not args.wait:
         return 0
@@ -475,11 +498,11 @@ def cmd_generate(args) -> int:
         from db.queries import generated
 
         r = job["result"]
-        how = (
-            " (anchored: sp from the noise, the rest converted from it)"
-            if r.get("anchored")
-            else ""
-        )
+        how = ""
+        if r.get("anchored"):
+            how = " (anchored: sp from the noise, the rest converted from it)"
+        elif r.get("joint"):
+            how = " (joint: the four forms chosen together among beam search's candidates)"
         print(
             f"job {job['id']} succeeded: {r['n']} verbs{how}, {r['gaussian_score']:.2f} match "
             f"train.txt ({r['distinct_verbs']} distinct)"
@@ -797,6 +820,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="score anchored generation (see generate --anchored) instead of the lab's decoding",
     )
+    p.add_argument(
+        "--gaussian-joint",
+        action="store_true",
+        help="decode each z's four forms together (see generate --joint; beam 4 unless "
+        "--gaussian-beam says)",
+    )
     p.add_argument("--seed", type=int, default=0)
     _model_option(p)
     _job_options(p)
@@ -811,6 +840,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="decode only the simple present from the noise and conjugate it with the model's "
         "own conversions (the four forms agree; not the lab's decoding)",
+    )
+    p.add_argument(
+        "--joint",
+        action="store_true",
+        help="choose each z's four forms together among beam search's candidates (beam 4 "
+        "unless --beam says), so that the encoder places them together",
     )
     _model_option(p)
     _job_options(p)

@@ -27,7 +27,7 @@ from db.models import (
 from db.session import insert_rows, transaction
 from pipeline import artifacts
 from pipeline.config import from_dict
-from pipeline.evaluate import check_words, decode_options
+from pipeline.evaluate import JOINT_WIDTH, check_words, decode_options
 from pipeline.metrics import distinct_verbs, gaussian_score
 from pipeline.tenses import tense_code
 from pipeline.training import EpochReport, resolve_device
@@ -84,6 +84,7 @@ def score_rows(figures: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
             "" if g.get("decoding", "greedy") == "greedy" else "_" + g["decoding"].replace(" ", "")
         )
         tag += "_anchored" if g.get("anchored") else ""
+        tag += "_joint" if g.get("joint") else ""
         rows.append(_row(f"gaussian_score{tag}", g["mean"], g["std"], g["draws"], dataset))
         rows.append(
             _row(
@@ -236,6 +237,7 @@ def evaluate_job(job: Job, ctx: JobContext) -> dict[str, Any]:
         gaussian_draws=p.get("gaussian_draws", 20),
         gaussian_beam=p.get("gaussian_beam", 0),
         gaussian_anchored=p.get("gaussian_anchored", False),
+        gaussian_joint=p.get("gaussian_joint", False),
         seed=p.get("seed", 0),
     )
     ctx.check()
@@ -345,7 +347,8 @@ def generate_job(job: Job, ctx: JobContext) -> dict[str, Any]:
         p.get("n", 100),
         seed=p.get("seed", 0),
         anchored=p.get("anchored", False),
-        **decode_options(p.get("beam", 0)),
+        joint=p.get("joint", False),
+        **decode_options(p.get("beam", 0) or (JOINT_WIDTH if p.get("joint") else 0)),
     )
     train = pipeline.data.load_train()
     lines = {tuple(q) for q in train}
@@ -363,6 +366,7 @@ def generate_job(job: Job, ctx: JobContext) -> dict[str, Any]:
     return {
         "n": len(tuples),
         "anchored": p.get("anchored", False),
+        "joint": p.get("joint", False),
         "gaussian_score": gaussian_score(tuples, train),
         "distinct_verbs": distinct_verbs(tuples, train),
     }
