@@ -278,8 +278,13 @@ def decode_latents(
         )
     model.eval()
     z = z.to(model.device)
-    if joint:
-        return _agreeing_forms(model, z, beam_width)
+    if joint:  # CHUNK beams at a time: each z is 4 tenses x width beams
+        step = max(1, CHUNK // (4 * beam_width))
+        return [
+            q
+            for i in range(0, z.size(0), step)
+            for q in _agreeing_forms(model, z[i : i + step], beam_width)
+        ]
     if not anchored:
         return _four_forms(model, z, method, beam_width)
     n = z.size(0)
