@@ -40,12 +40,19 @@ def test_the_int8_copy_runs_int8_and_leaves_the_original_alone(shipped):
 
 
 def test_lower_precision_moves_scores_a_little_not_a_lot(shipped, form):
-    # two words of two lengths: a batch oneDNN runs in bf16 on every CPU seen so far
+    # two words of two lengths: a batch oneDNN runs in bf16 on most CPUs seen so far; one
+    # (an AVX2 host without bf16 instructions) builds no bf16 LSTM for any batch, and
+    # conversion there encodes in fp32 (test_a_chunk_onednn_cannot_encode_in_bf16...)
     ids, lengths, tense = torch.tensor([[4, 5, 6, 7, 8], [6, 7, 8, 0, 0]]), [5, 3], [0, 0]
     with torch.no_grad():
         a = shipped.encode(ids, torch.tensor(lengths), torch.tensor(tense)).mu
         with precision.autocast(form):
-            b = form.encode(ids, torch.tensor(lengths), torch.tensor(tense)).mu
+            try:
+                b = form.encode(ids, torch.tensor(lengths), torch.tensor(tense)).mu
+            except RuntimeError as e:
+                if form.precision != "bf16" or "primitive descriptor" not in str(e):
+                    raise
+                pytest.skip(f"no bf16 LSTM on this CPU: {e}")
     assert 0 < (a - b.float()).abs().max() < 0.1
     assert form.precision in ("bf16", "int8") and shipped.__dict__.get("precision") is None
 
