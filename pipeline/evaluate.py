@@ -44,10 +44,13 @@ def check_words(model: TenseCVAE, words: Sequence[str]) -> list[str]:
     return model.vocab.check_all(words, model.config.max_length)
 
 
-def decode_options(beam: int, roundtrip: bool = False) -> dict[str, Any]:
+def decode_options(beam: int, roundtrip: bool = False, joint: bool = False) -> dict[str, Any]:
     """Keyword arguments for convert/generate/gaussian from a beam width (0 is greedy), and
     for convert whether beam search's candidates are chosen by their round trip too (width 4
-    unless given)."""
+    unless given); for generate/gaussian whether a z's four forms are chosen together
+    (``joint``, width JOINT_WIDTH unless given)."""
+    if joint:
+        return {"method": "beam", "beam_width": beam or JOINT_WIDTH, "joint": True}
     if roundtrip:
         return {"method": "roundtrip", "beam_width": beam or ROUNDTRIP_WIDTH}
     return {"method": "beam", "beam_width": beam} if beam else {"method": "greedy"}
@@ -514,8 +517,7 @@ def evaluate(
             draws=gaussian_draws,
             seed=seed,
             anchored=gaussian_anchored,
-            joint=gaussian_joint,
-            **decode_options(gaussian_beam or (JOINT_WIDTH if gaussian_joint else 0)),
+            **decode_options(gaussian_beam, joint=gaussian_joint),
         )
         if gaussian_draws
         else None,

@@ -27,7 +27,7 @@ from db.models import (
 from db.session import insert_rows, transaction
 from pipeline import artifacts
 from pipeline.config import from_dict
-from pipeline.evaluate import JOINT_WIDTH, check_words, decode_options
+from pipeline.evaluate import check_words, decode_options
 from pipeline.metrics import distinct_verbs, gaussian_score
 from pipeline.tenses import tense_code
 from pipeline.training import EpochReport, resolve_device
@@ -347,8 +347,7 @@ def generate_job(job: Job, ctx: JobContext) -> dict[str, Any]:
         p.get("n", 100),
         seed=p.get("seed", 0),
         anchored=p.get("anchored", False),
-        joint=p.get("joint", False),
-        **decode_options(p.get("beam", 0) or (JOINT_WIDTH if p.get("joint") else 0)),
+        **decode_options(p.get("beam", 0), joint=p.get("joint", False)),
     )
     train = pipeline.data.load_train()
     lines = {tuple(q) for q in train}
