@@ -313,6 +313,7 @@ def test_train_through_the_queue_writes_scores_and_curves(tmp_path):
         "job 1 queued (train)" in p.stdout and "bleu4" in p.stdout and "gaussian_score" in p.stdout
     )
     assert "verbs never seen (" in p.stdout
+    assert "gaussian_score_joint" in p.stdout and "the four forms chosen together" in p.stdout
     assert png.read_bytes()[:4] == b"\x89PNG"
     models = json.loads(
         tv("results", "--json", "--best-by", "bleu4", home=tmp_path, check=0).stdout
@@ -347,3 +348,10 @@ def test_a_model_folder_serves_one_off_and_jobs(tmp_path, tiny_run):
         tv("generate", "-n", "2", "--model", str(folder), "--wait", home=tmp_path, check=0)
     models = json.loads(tv("results", "--json", home=tmp_path, check=0).stdout)
     assert [m["name"] for m in models] == ["mine"]  # stored once, used twice
+
+
+def test_train_no_joint_asks_the_job_for_greedy_scoring_only(tmp_path):
+    tv("train", "--config", "tiny", "--no-joint", home=tmp_path, check=0)
+    tv("train", "--config", "tiny", home=tmp_path, check=0)
+    jobs = [json.loads(tv("jobs", str(i), "--json", home=tmp_path, check=0).stdout) for i in (1, 2)]
+    assert [j["params"]["gaussian_joint"] for j in jobs] == [False, True]

@@ -60,6 +60,10 @@ def test_training_job_end_to_end(backend, trained):
         assert s.scalar(select(func.count()).where(EpochMetric.job_id == trained["id"])) == 1
         names = set(s.scalars(select(Score.name).where(Score.model_id == model.id)))
     assert {"bleu4", "bleu4_sampled", "gaussian_score"} <= names
+    # the same draws scored again with each z's four forms chosen together
+    joint = result["gaussian_score_joint"]
+    assert joint["joint"] is True and joint["draws"] == 2 and joint["decoding"] == "beam 4"
+    assert {"gaussian_score_beam4_joint", "gaussian_distinct_verbs_beam4_joint"} <= names
     assert any(n.startswith("exact_match:") for n in names)
 
 

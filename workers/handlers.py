@@ -27,7 +27,7 @@ from db.models import (
 from db.session import insert_rows, transaction
 from pipeline import artifacts
 from pipeline.config import from_dict
-from pipeline.evaluate import check_words, decode_options
+from pipeline.evaluate import check_words, decode_options, gaussian
 from pipeline.metrics import distinct_verbs, gaussian_score
 from pipeline.tenses import tense_code
 from pipeline.training import EpochReport, resolve_device
@@ -78,23 +78,26 @@ def score_rows(figures: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
     rows = [_row("bleu4", figures["bleu4"], repeats=1, dataset=dataset)]
     if b := figures.get("bleu4_sampled"):
         rows.append(_row("bleu4_sampled", b["mean"], b["std"], b["samples"], dataset))
-    if g := figures.get("gaussian_score"):
-        # greedy decoding keeps the lab's name; beam search and anchoring are told apart
-        tag = (
-            "" if g.get("decoding", "greedy") == "greedy" else "_" + g["decoding"].replace(" ", "")
-        )
-        tag += "_anchored" if g.get("anchored") else ""
-        tag += "_joint" if g.get("joint") else ""
-        rows.append(_row(f"gaussian_score{tag}", g["mean"], g["std"], g["draws"], dataset))
-        rows.append(
-            _row(
-                f"gaussian_distinct_verbs{tag}", g["distinct_verbs_mean"], None, g["draws"], dataset
-            )
-        )
+    for key in ("gaussian_score", "gaussian_score_joint"):
+        if g := figures.get(key):
+            rows += _gaussian_rows(g, dataset)
     exact_set = figures.get("exact_match_on", {}).get("file", dataset)
     for direction, value in figures.get("exact_match", {}).items():
         rows.append(_row(f"exact_match:{direction}", value, dataset=exact_set))
     return rows
+
+
+def _gaussian_rows(g: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
+    """A Gaussian score's two rows, score and distinct verbs, named by how it decoded:
+    greedy decoding keeps the lab's name; beam search, anchoring and joint choice are told
+    apart."""
+    tag = "" if g.get("decoding", "greedy") == "greedy" else "_" + g["decoding"].replace(" ", "")
+    tag += "_anchored" if g.get("anchored") else ""
+    tag += "_joint" if g.get("joint") else ""
+    return [
+        _row(f"gaussian_score{tag}", g["mean"], g["std"], g["draws"], dataset),
+        _row(f"gaussian_distinct_verbs{tag}", g["distinct_verbs_mean"], None, g["draws"], dataset),
+    ]
 
 
 def write_scores(s, job_id: int, model_id: int | None, figures: dict[str, Any]) -> None:
@@ -106,7 +109,14 @@ def write_scores(s, job_id: int, model_id: int | None, figures: dict[str, Any]) 
 def _summary(figures: dict[str, Any]) -> dict[str, Any]:
     return {
         k: figures[k]
-        for k in ("bleu4", "bleu4_sampled", "gaussian_score", "exact_match", "exact_match_on")
+        for k in (
+            "bleu4",
+            "bleu4_sampled",
+            "gaussian_score",
+            "gaussian_score_joint",
+            "exact_match",
+            "exact_match_on",
+        )
         if k in figures
     }
 
@@ -175,12 +185,19 @@ def train_job(job: Job, ctx: JobContext) -> dict[str, Any]:
     if result.cancelled:
         raise Cancelled()
     ctx.progress(0.96, "scoring the trained model")
+    draws = job.params.get("gaussian_draws", 20)
     figures = pipeline.evaluate(
         result.model,
         bleu_samples=job.params.get("bleu_samples", 100),
-        gaussian_draws=job.params.get("gaussian_draws", 20),
+        gaussian_draws=draws,
         seed=config.train.seed,
     )
+    if draws and job.params.get("gaussian_joint", True):
+        # the same noise again, each z's four forms chosen together (tensevae generate
+        # --joint): the decoding whose score the shipped config is chosen on
+        figures["gaussian_score_joint"] = gaussian(
+            result.model, draws=draws, seed=config.train.seed, **decode_options(0, joint=True)
+        )
     held = _held_out(config, result)
     weights = artifacts.to_bytes(result.model.cpu(), {"job_id": job.id, "config": config.to_dict()})
 
