@@ -99,6 +99,8 @@ def test_one_off_conversion_imports_no_job_system(engine, unused):
         (["convert", "walk"], "--from and --to"),
         (["train", "--config", "/nonexistent.yaml"], "no such config"),
         (["train", "--set", "train.epochs=many"], "expected int"),
+        (["train", "--draws", "-1"], "--draws must be 0 (skip) or more, not -1"),
+        (["evaluate", "--samples", "-2"], "--samples must be 0 (skip) or more, not -2"),
         (["jobs", "424242"], "no job 424242"),
         (["cancel", "424242"], "no job 424242"),
         (["worker", "--threads", "-1"], "--threads must be 0"),

@@ -214,6 +214,16 @@ def test_a_failing_job_records_its_error(backend):
     assert missing["state"] == "failed" and "model 99999 is not in the database" in missing["error"]
 
 
+def test_bad_scoring_counts_fail_a_job_before_it_trains(backend):
+    from db.queries import epoch_figures
+
+    # a long run, so that a refusal that came only after training would time the test out
+    job = wait_for(_submit_train(["train.epochs=200"], gaussian_draws=-1), timeout=60)
+    assert job["state"] == "failed"
+    assert job["error"] == "ValueError: gaussian_draws must be a whole number, 0 or more, not -1"
+    assert epoch_figures(job["id"]) == []
+
+
 def test_cancelling_a_running_job(backend):
     from workers.jobs import cancel
 

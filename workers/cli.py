@@ -253,6 +253,7 @@ def cmd_train(args) -> int:
     from pipeline.config import load_config
 
     _check_written_at_end(args, "--plot", args.plot)
+    _check_scoring(args)
     config = load_config(args.config, args.set)
     params = {
         "config": config.to_dict(),
@@ -430,6 +431,7 @@ def _write_rows(rows: list[dict[str, Any]], path: str, fmt: str | None) -> None:
 
 
 def cmd_evaluate(args) -> int:
+    _check_scoring(args)
     params: dict[str, Any] = {
         "model": _model_ref(args.model),
         "bleu_samples": args.samples,
@@ -456,6 +458,13 @@ def cmd_evaluate(args) -> int:
 
 
 MAX_BEAM = 64
+
+
+def _check_scoring(args) -> None:
+    """--samples and --draws count sampled z and draws of 100: 0 (skip) or more."""
+    for flag, value in (("--samples", args.samples), ("--draws", args.draws)):
+        if value < 0:
+            raise UserError(f"{flag} must be 0 (skip) or more, not {value}")
 
 
 def _check_beam(width: int, flag: str) -> None:

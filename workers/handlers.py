@@ -176,7 +176,18 @@ def _held_out(config, result) -> dict[str, Any] | None:
     return {**exact_by_direction(result.model, held), "verbs": len({q[0] for q in held})}
 
 
+def _scoring_counts(params: dict[str, Any]) -> tuple[int, int]:
+    """A job's bleu_samples and gaussian_draws, refused before any work when they are not
+    whole numbers from 0 (a training job would otherwise fail only after training)."""
+    counts = params.get("bleu_samples", 100), params.get("gaussian_draws", 20)
+    for name, value in zip(("bleu_samples", "gaussian_draws"), counts, strict=True):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a whole number, 0 or more, not {value!r}")
+    return counts
+
+
 def train_job(job: Job, ctx: JobContext) -> dict[str, Any]:
+    samples, draws = _scoring_counts(job.params)
     config = from_dict(job.params["config"])
     resume = latest_checkpoint(job.id)
     result = pipeline.train(
@@ -185,10 +196,9 @@ def train_job(job: Job, ctx: JobContext) -> dict[str, Any]:
     if result.cancelled:
         raise Cancelled()
     ctx.progress(0.96, "scoring the trained model")
-    draws = job.params.get("gaussian_draws", 20)
     figures = pipeline.evaluate(
         result.model,
-        bleu_samples=job.params.get("bleu_samples", 100),
+        bleu_samples=samples,
         gaussian_draws=draws,
         seed=config.train.seed,
     )
@@ -243,6 +253,7 @@ def train_job(job: Job, ctx: JobContext) -> dict[str, Any]:
 
 def evaluate_job(job: Job, ctx: JobContext) -> dict[str, Any]:
     p = job.params
+    samples, draws = _scoring_counts(p)
     model = load_model(p.get("model", "pretrained"))
     verbs = [tuple(q) for q in p["verbs"]] if p.get("verbs") else None
     ctx.progress(0.05, "scoring")
@@ -250,8 +261,8 @@ def evaluate_job(job: Job, ctx: JobContext) -> dict[str, Any]:
         model,
         verbs=verbs,
         verbs_name=p.get("verbs_name"),
-        bleu_samples=p.get("bleu_samples", 100),
-        gaussian_draws=p.get("gaussian_draws", 20),
+        bleu_samples=samples,
+        gaussian_draws=draws,
         gaussian_beam=p.get("gaussian_beam", 0),
         gaussian_anchored=p.get("gaussian_anchored", False),
         gaussian_joint=p.get("gaussian_joint", False),
