@@ -741,6 +741,28 @@ def cmd_check_data(args) -> int:
 # -- parser ----------------------------------------------------------------------------------------
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse type: a whole number of 1 or more (a row limit)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {n}")
+    return n
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds (at least 0.1, a screen's refresh)."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
+    if not x >= 0.1 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"give at least 0.1 seconds, not {text}")
+    return x
+
+
 def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", action="store_true", help="follow the job and print its result")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -871,14 +893,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("id", nargs="?", type=int)
     p.add_argument("--state")
     p.add_argument("--kind")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=_at_least_one, default=20)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("results", help="models and their scores, or one job's results")
     p.add_argument("--job", type=int, help="a job's conversions, generated words or scores")
     p.add_argument("--best-by", help="sort models by this score (bleu4, gaussian_score, ...)")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=_at_least_one, default=20)
     p.add_argument("--output", help="write a job's rows to this file")
     p.add_argument("--format", choices=["csv", "json"])
     p.add_argument("--json", action="store_true")
@@ -886,7 +908,14 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("queue", help="workers online, queue depths, running jobs")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS")
+    p.add_argument(
+        "--watch",
+        type=_seconds,
+        nargs="?",
+        const=2.0,
+        metavar="SECONDS",
+        help="redraw every SECONDS (default 2) until interrupted",
+    )
     p.set_defaults(func=cmd_queue)
 
     p = sub.add_parser("worker", help="run a worker (one job at a time; run more to scale)")
