@@ -85,3 +85,38 @@ def test_quality_says_which_decodings_reach_the_gaussian_target():
     for r in runs:
         r["distinct_joint"] = 70.0
     assert "No config reached the Gaussian target" in quality.table(runs, 2, "q")
+
+
+def test_quality_table_says_when_and_on_what_it_ran():
+    import _host
+    import quality
+
+    text = quality.table([_run("default", 0)], 1, "python benchmarks/quality.py", "Run: then")
+    assert "Run: then  \n" in text and f"Machine: {_host.cpu()}," in text
+    assert "CPUs" in _host.cpu()
+    assert _host.matmul_gflops(n=128, repeats=2) > 0
+
+
+@pytest.mark.parametrize(
+    ("sp", "forms", "ruled"),
+    [
+        ("walk", ("walks", "walking", "walked"), True),
+        ("stop", ("stops", "stopping", "stopped"), True),
+        ("open", ("opens", "opening", "opened"), True),  # doubling is a choice, not a rule
+        ("try", ("tries", "trying", "tried"), True),
+        ("tie", ("ties", "tying", "tied"), True),
+        ("make", ("makes", "making", "made"), False),
+        ("panic", ("panics", "panicking", "panicked"), True),
+        ("acquit", ("acquits", "acquitting", "acquitted"), True),
+        ("fix", ("fixes", "fixing", "fixed"), True),
+        ("cut", ("cuts", "cutting", "cut"), False),
+        ("go", ("goes", "going", "went"), False),
+        ("glue", ("glues", "glueing", "gluing"), False),  # train.txt's own line
+    ],
+)
+def test_rule_forms_tell_rule_written_verbs_from_the_rest(sp, forms, ruled):
+    from diagnose import rule_forms
+
+    rules = rule_forms(sp)
+    written = all(f in rules[t] for f, t in zip(forms, ("tp", "pg", "p"), strict=True))
+    assert written is ruled
