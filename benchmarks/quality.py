@@ -13,7 +13,6 @@ Figures are mean ± sample standard deviation over seeds."""
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import sys
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import pipeline  # noqa: E402
+from benchmarks import _host  # noqa: E402
 from pipeline.data import load_train, split_by_verb, test_words  # noqa: E402
 from pipeline.evaluate import bleu_on, exact_by_direction, gaussian  # noqa: E402
 from pipeline.tenses import DIRECTIONS, SP_DIRECTIONS, TENSES  # noqa: E402
@@ -197,12 +197,13 @@ def reached_target(by: dict[str, list[dict]]) -> str:
     )
 
 
-def table(runs: list[dict], seeds: int, command: str) -> str:
+def table(runs: list[dict], seeds: int, command: str, host: str = "") -> str:
     lines = [
         "# tensevae quality benchmark",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        *([f"{host}  "] if host else []),
+        f"Machine: {_host.cpu()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"Python {platform.python_version()}; {seeds} seeds per config; 10% of verbs held out by verb "
         "(never the lab's test words); mean ± standard deviation over seeds.",
         "",
@@ -308,6 +309,7 @@ def main() -> None:
     ap.add_argument("--holdout", type=float, default=0.1)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.md"))
     args = ap.parse_args()
+    started, rate_before = _host.now(), _host.matmul_gflops()
     runs = []
     for name in args.configs:
         overrides = [f"train.epochs={args.lab_epochs}"] if name == "lab" else []
@@ -325,7 +327,12 @@ def main() -> None:
             )
             runs.append(r)
     command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
-    text = table(runs, args.seeds, command.strip())
+    host = (
+        f"Run: {started} to {_host.now()}; fp32 matrix products (2048^3, "
+        f"{torch.get_num_threads()} threads) at {rate_before:.0f} GFLOP/s before it and "
+        f"{_host.matmul_gflops():.0f} after (training time moves with them)"
+    )
+    text = table(runs, args.seeds, command.strip(), host)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import pipeline  # noqa: E402
+from benchmarks import _host  # noqa: E402
 from pipeline.data import directed, load_train, make_pairs  # noqa: E402
 from pipeline.evaluate import convert  # noqa: E402
 from pipeline.training import Trainer  # noqa: E402
@@ -459,6 +460,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.md"))
     args = ap.parse_args()
     R = args.repeats
+    started = _host.now()
     device = torch.device(args.device)
     parts = set(args.parts.split(","))
     rows: list[tuple[str, str]] = []
@@ -515,7 +517,8 @@ def main() -> None:
     )
     header = (
         f"# tensevae speed benchmark\n\nCommand: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`  \n"
-        f"Machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"Run: {started} to {_host.now()}  \n"
+        f"Machine: {_host.cpu()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{where}. Median (min-max) over {R} repeats (bulk jobs: {args.bulk_repeats}). Workers share "
         "the cores out: a lone worker runs one torch thread per core, two run half as many each.\n\n| figure | value |\n|---|---|\n"
     )
