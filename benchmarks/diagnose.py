@@ -145,7 +145,7 @@ def by_rule(model, held) -> list[str]:
     n_rule = sum(ruled)
     share = n_rule / len(held)
     rows.append(
-        f"{n_rule} of {len(held)} held-out verbs ({share:.1%}) have every form a spelling rule "
+        f"{n_rule} of {len(held)} held-out lines ({share:.1%}) have every form a spelling rule "
         f"writes; {len(held) - n_rule} do not (irregular, or spelled against the rules).\n"
     )
     rows.append("| verbs | " + " | ".join(SP_DIRECTIONS) + " | mean |")
@@ -193,7 +193,8 @@ def main() -> None:
         print("\nThis model held no verbs out of training: nothing to convert that it never saw.")
         return
     _, held = split_by_verb(load_train(), meta["val_fraction"], meta["seed"], test_words())
-    print(f"\n## {len(held)} held-out verbs, all twelve directions (exact match)\n")
+    verbs = len({q[0] for q in held})
+    print(f"\n## {len(held)} held-out lines ({verbs} verbs), all twelve directions (exact match)\n")
     print("| decoding | z | exact |\n|---|---|---|")
     for label, method in (("greedy", "greedy"), ("beam 4", "beam")):
         exact = exact_by_direction(model, held, method=method)["mean"]
