@@ -51,3 +51,12 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def span(started: str) -> str:
+    """'2026-12-05 22:52 to 23:21 UTC' from a start given by now(), the date said once when
+    the run ends the day it began."""
+    end = now()
+    if end[:10] == started[:10]:
+        return f"{started.removesuffix(' UTC')} to {end[11:]}"
+    return f"{started} to {end}"

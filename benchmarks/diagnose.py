@@ -35,6 +35,9 @@ from pipeline.data import (  # noqa: E402
 from pipeline.evaluate import _decode, decode_latents, exact_by_direction  # noqa: E402
 from pipeline.tenses import TENSES  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _rules import exact_by_rule  # noqa: E402
+
 
 @torch.no_grad()
 def generation(model, draws: int) -> tuple[Counter, float | None]:
@@ -89,76 +92,30 @@ def held_out_exact(model, held, z_from: str, seed: int = 0) -> float:
     return right / len(pairs)
 
 
-VOWELS = set("aeiou")
-
-
-def rule_forms(sp: str) -> dict[str, set[str]]:
-    """Every spelling that a regular English inflection rule writes for each form of ``sp``:
-    -s/-es/-ies, -ing with a silent e dropped or ie turned to y, -ed/-d/-ied, a k after a
-    final c, and the final consonant doubled where the stem ends consonant-vowel-consonant. Doubling depends on
-    stress, which spelling does not show, so both spellings are kept: a set, not a choice."""
-    ends_cy = len(sp) > 1 and sp[-1] == "y" and sp[-2] not in VOWELS
-    cvc = len(sp) > 2 and sp[-1] not in VOWELS | set("wxy") and sp[-2] in VOWELS
-    cvc = cvc and (sp[-3] not in VOWELS or sp[-4:-2] == "qu")  # acquit: qu is a consonant
-    tp = {sp + "s"}
-    if sp.endswith(("s", "x", "z", "ch", "sh", "o")):
-        tp.add(sp + "es")
-    if ends_cy:
-        tp.add(sp[:-1] + "ies")
-    pg = {sp + "ing"}
-    if sp.endswith("ie"):
-        pg.add(sp[:-2] + "ying")
-    elif sp.endswith("e") and not sp.endswith(("ee", "ye", "oe")):
-        pg.add(sp[:-1] + "ing")
-    p = {sp + "d"} if sp.endswith("e") else {sp + "ed"}
-    if ends_cy:
-        p.add(sp[:-1] + "ied")
-    if cvc:
-        pg.add(sp + sp[-1] + "ing")
-        p.add(sp + sp[-1] + "ed")
-    if sp.endswith("c"):  # panic: panicking, panicked
-        pg.add(sp + "king")
-        p.add(sp + "ked")
-    return {"sp": {sp}, "tp": tp, "pg": pg, "p": p}
-
-
 def by_rule(model, held) -> list[str]:
-    """Exact match over the six sp directions on the held-out verbs whose every form a
-    spelling rule writes, and on the rest (irregular verbs, and forms like train.txt's
-    'glue gluing'): how far the rest, which only analogy with a training verb can reach,
-    bound what a learner without a dictionary scores."""
-    from pipeline.evaluate import convert
+    """The held-out verbs that a spelling rule writes against the rest, as Markdown."""
     from pipeline.tenses import SP_DIRECTIONS
 
-    ruled = [all(q[i] in rule_forms(q[0])[t] for i, t in enumerate(TENSES)) for q in held]
-    rows, misses = [], []
-    cells = {True: [], False: []}
-    for d in SP_DIRECTIONS:
-        s, t = d.split("->")
-        i, j = TENSES.index(s), TENSES.index(t)
-        hyps = convert(model, [q[i] for q in held], s, t)
-        for kind in (True, False):
-            pairs = [(q, h) for q, h, r in zip(held, hyps, ruled, strict=True) if r is kind]
-            cells[kind].append(sum(h == q[j] for q, h in pairs) / max(1, len(pairs)))
-            if kind:
-                misses += [f"{q[i]} -> {h} ({q[j]})" for q, h in pairs if h != q[j]]
-    n_rule = sum(ruled)
-    share = n_rule / len(held)
-    rows.append(
-        f"{n_rule} of {len(held)} held-out lines ({share:.1%}) have every form a spelling rule "
-        f"writes; {len(held) - n_rule} do not (irregular, or spelled against the rules).\n"
-    )
-    rows.append("| verbs | " + " | ".join(SP_DIRECTIONS) + " | mean |")
-    rows.append("|---|" + "---|" * (len(SP_DIRECTIONS) + 1))
-    for kind, label in ((True, "a rule writes every form"), (False, "the rest")):
-        v = cells[kind]
-        rows.append(f"| {label} | " + " | ".join(f"{x:.3f}" for x in v) + f" | {sum(v) / 6:.3f} |")
-    rest = sum(cells[False]) / 6
+    r = exact_by_rule(model, held)
+    n_rule = round(r["share"] * len(held))
+    rows = [
+        f"{n_rule} of {len(held)} held-out lines ({r['share']:.1%}) have every form a spelling "
+        f"rule writes; {len(held) - n_rule} do not (irregular, or spelled against the rules).\n",
+        "| verbs | " + " | ".join(SP_DIRECTIONS) + " | mean |",
+        "|---|" + "---|" * (len(SP_DIRECTIONS) + 1),
+    ]
+    for kind, label in (("ruled", "a rule writes every form"), ("rest", "the rest")):
+        v = r[kind]
+        rows.append(
+            f"| {label} | " + " | ".join(f"{v[d]:.3f}" for d in SP_DIRECTIONS)
+            + f" | {v['sp_mean']:.3f} |"
+        )  # fmt: skip
     rows.append(
         f"\nA converter exact on every rule-written verb and as good as this model on the rest "
-        f"would score {share + (1 - share) * rest:.3f} over the six sp directions; exact on the "
-        f"rule-written verbs and wrong on all the rest, {share:.3f}.\n"
+        f"would score {r['bound']:.3f} over the six sp directions; exact on the rule-written "
+        f"verbs and wrong on all the rest, {r['share']:.3f}.\n"
     )
+    misses = r["misses"]
     rows.append(
         f"Misses on rule-written verbs ({len(misses)}): "
         + "; ".join(misses[:40])

@@ -517,7 +517,7 @@ def main() -> None:
     )
     header = (
         f"# tensevae speed benchmark\n\nCommand: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`  \n"
-        f"Run: {started} to {_host.now()}  \n"
+        f"Run: {_host.span(started)}  \n"
         f"Machine: {_host.cpu()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{where}. Median (min-max) over {R} repeats (bulk jobs: {args.bulk_repeats}). Workers share "
         "the cores out: a lone worker runs one torch thread per core, two run half as many each.\n\n| figure | value |\n|---|---|\n"

@@ -39,6 +39,14 @@ def _run(config: str, seed: int) -> dict:
         "unseen_roundtrip": _exact(0.92),
         "trained": _exact(0.98),
         "lemminflect": _exact(0.99),
+        "by_rule": {
+            "share": 0.87,
+            "bound": 0.962,
+            "ruled": 0.96,
+            "rest": 0.708,
+            "lemminflect_ruled": 0.995,
+            "lemminflect_rest": 0.95,
+        },
         "held_verbs": 123,
         "examples": {
             "generated": [("walk", "walks", "walking", "walked")],
@@ -71,6 +79,8 @@ def test_tables_have_a_cell_for_every_column(name):
     if name == "quality":
         text = module.table(runs, 2, "python benchmarks/quality.py --seeds 2")
         assert "0.920 ± 0.000 / 0.920 ± 0.000" in text  # the round trip's column
+        assert "| default | 0.870 ± 0.000 | 0.960 ± 0.000 | 0.708 ± 0.000 | 0.962 ± 0.000 |" in text
+        assert "| LemmInflect | 0.870 ± 0.000 | 0.995 ± 0.000 | 0.950 ± 0.000 | - |" in text
     else:
         text = module.table(runs, "python benchmarks/sweep.py", "2 CPUs")
         assert "| 0.920 ± 0.000 |" in text
@@ -115,8 +125,17 @@ def test_quality_table_says_when_and_on_what_it_ran():
     ],
 )
 def test_rule_forms_tell_rule_written_verbs_from_the_rest(sp, forms, ruled):
-    from diagnose import rule_forms
+    from _rules import rule_forms
 
     rules = rule_forms(sp)
     written = all(f in rules[t] for f, t in zip(forms, ("tp", "pg", "p"), strict=True))
     assert written is ruled
+
+
+def test_a_run_span_names_its_date_once_on_one_day():
+    import _host
+
+    assert _host.now().endswith(" UTC")
+    assert _host.span("2000-01-02 03:04 UTC").startswith("2000-01-02 03:04 UTC to 20")
+    today = _host.now()
+    assert _host.span(today) in (f"{today[:-4]} to {today[11:]}", f"{today} to {_host.now()}")
