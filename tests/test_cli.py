@@ -14,7 +14,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tv(*args, home, check=None, env=None):
+def tv(*args, home, check=None, env=None, stdin=""):
     e = {**os.environ, "TENSEVAE_HOME": str(home), "OMP_NUM_THREADS": "1", **(env or {})}
     e.pop("TENSEVAE_DATABASE_URL", None) if not env or "TENSEVAE_DATABASE_URL" not in env else None
     e.pop("TENSEVAE_BROKER_URL", None) if not env or "TENSEVAE_BROKER_URL" not in env else None
@@ -22,6 +22,7 @@ def tv(*args, home, check=None, env=None):
         [sys.executable, "-m", "workers.cli", *args],
         capture_output=True,
         text=True,
+        input=stdin,
         env=e,
         cwd=ROOT,
         timeout=300,
@@ -148,6 +149,16 @@ def test_one_off_conversion_imports_no_job_system(engine, unused):
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
     line = one_line_error(tv(*args, home=tmp_path))
     assert line.startswith("tensevae: ") and needle in line
+
+
+def test_one_off_words_from_standard_input(tmp_path):
+    p = tv("convert", "-", "--from", "sp", "--to", "p", home=tmp_path, stdin="walk\njump  look\n")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n") == ["walked", "jumped", "looked", ""]
+    line = one_line_error(tv("convert", "-", "--from", "sp", "--to", "p", home=tmp_path))
+    assert line == "tensevae: no words on standard input"
+    line = one_line_error(tv("convert", "walk", "-", "--from", "sp", "--to", "p", home=tmp_path))
+    assert "give it alone" in line
 
 
 def test_bad_bulk_files(tmp_path):

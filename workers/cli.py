@@ -297,6 +297,12 @@ def cmd_convert(args) -> int:
         )
     if args.roundtrip and args.beam == 1:
         raise UserError("--roundtrip weighs several candidates: give --beam 2 or more")
+    if args.words == ["-"]:
+        args.words = sys.stdin.read().split()
+        if not args.words:
+            raise UserError("no words on standard input")
+    elif "-" in args.words:
+        raise UserError("'-' reads the words from standard input: give it alone")
     if args.input:
         if args.words:
             raise UserError("give words or --input FILE, not both")
@@ -807,7 +813,12 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("convert", help="convert words now, or submit a bulk conversion job")
-    p.add_argument("words", nargs="*", help="words to convert at once (needs --from and --to)")
+    p.add_argument(
+        "words",
+        nargs="*",
+        help="words to convert at once (needs --from and --to); - reads them from standard "
+        "input, separated by spaces or lines, one output a line",
+    )
     p.add_argument("--from", dest="src", help="tense of the words (sp, tp, pg, p or an alias)")
     p.add_argument("--to", dest="tgt", help="tense to convert to")
     p.add_argument("--input", help="a file of 'word from to' lines: submits a bulk job")
