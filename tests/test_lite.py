@@ -183,6 +183,26 @@ def test_cli_engines(tmp_path, capsys):
     assert code == 2 and "--engine torch" in err
 
 
+def test_auto_engine_leaves_long_lists_to_torch(monkeypatch, capsys):
+    from workers import cli
+
+    sent = []
+    torch_path = cli._convert_torch
+
+    def spy(a, words, src, tgt):
+        sent.append(list(words))
+        return torch_path(a, words, src, tgt)
+
+    monkeypatch.setattr(cli, "_convert_torch", spy)
+    monkeypatch.setattr(cli, "LITE_MAX_WORDS", 1)
+    args = ["convert", "walk", "sing", "--from", "sp", "--to", "p"]
+    code, out, _ = _run(args, capsys)
+    assert code == 0 and out.split() == ["walked", "sang"] and sent == [["walk", "sing"]]
+    sent.clear()
+    code, out, _ = _run([*args, "--engine", "numpy"], capsys)  # asked for: numpy still
+    assert code == 0 and out.split() == ["walked", "sang"] and sent == []
+
+
 def test_package_names_stay_functions():
     """The package imports its names lazily; ``pipeline.evaluate`` is still the function,
     also after its submodule of that name has been imported."""
