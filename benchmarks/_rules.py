@@ -12,8 +12,9 @@ VOWELS = set("aeiou")
 def rule_forms(sp: str) -> dict[str, set[str]]:
     """Every spelling that a regular English inflection rule writes for each form of ``sp``:
     -s/-es/-ies, -ing with a silent e dropped or ie turned to y, -ed/-d/-ied, a k after a
-    final c, and the final consonant doubled where the stem ends consonant-vowel-consonant. Doubling depends on
-    stress, which spelling does not show, so both spellings are kept: a set, not a choice."""
+    final c, and the final consonant doubled where the stem ends consonant-vowel-consonant.
+    Doubling depends on stress, which spelling does not show, so both spellings are kept: a
+    set, not a choice."""
     ends_cy = len(sp) > 1 and sp[-1] == "y" and sp[-2] not in VOWELS
     cvc = len(sp) > 2 and sp[-1] not in VOWELS | set("wxy") and sp[-2] in VOWELS
     cvc = cvc and (sp[-3] not in VOWELS or sp[-4:-2] == "qu")  # acquit: qu is a consonant
