@@ -49,7 +49,7 @@ def rule_written(quad) -> bool:
 def exact_by_rule(model, held) -> dict:
     """Exact match (greedy, posterior mean) over the six sp directions on the held-out lines
     a spelling rule writes (``ruled``) and on the rest, each by direction with ``sp_mean``;
-    ``share`` of lines rule-written; ``bound``: the six-direction score of a converter exact
+    ``rule_written``, line by line, and its ``share``; ``bound``: the six-direction score of a converter exact
     on every rule-written line and as good as this model on the rest; the misses on
     rule-written lines as 'word -> output (reference)'."""
     from pipeline.evaluate import convert
@@ -67,6 +67,7 @@ def exact_by_rule(model, held) -> dict:
                 out["misses"] += [f"{q[i]} -> {h} ({q[j]})" for q, h in rows if h != q[j]]
     for kind in ("ruled", "rest"):
         out[kind]["sp_mean"] = sum(out[kind][d] for d in SP_DIRECTIONS) / len(SP_DIRECTIONS)
+    out["rule_written"] = ruled
     out["share"] = sum(ruled) / len(held)
     out["bound"] = out["share"] + (1 - out["share"]) * out["rest"]["sp_mean"]
     return out

@@ -97,7 +97,7 @@ def by_rule(model, held) -> list[str]:
     from pipeline.tenses import SP_DIRECTIONS
 
     r = exact_by_rule(model, held)
-    n_rule = round(r["share"] * len(held))
+    n_rule = sum(r["rule_written"])
     rows = [
         f"{n_rule} of {len(held)} held-out lines ({r['share']:.1%}) have every form a spelling "
         f"rule writes; {len(held) - n_rule} do not (irregular, or spelled against the rules).\n",

@@ -28,11 +28,13 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import pipeline  # noqa: E402
-from benchmarks import _host  # noqa: E402
 from pipeline.data import directed, load_train, make_pairs  # noqa: E402
 from pipeline.evaluate import convert  # noqa: E402
 from pipeline.training import Trainer  # noqa: E402
 from pipeline.vocab import PAD  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import _host  # noqa: E402
 
 
 def med(values) -> tuple[float, float, float]:

@@ -141,11 +141,10 @@ def _run(args, capsys) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def test_cli_leaves_close_calls_to_torch(monkeypatch, capsys):
-    """With every call counted close, every word goes to torch, and the output is the
-    same."""
-    args = ["convert", *WORDS, "--from", "sp", "--to", "p"]
-    sent = []
+@pytest.fixture
+def sent_to_torch(monkeypatch) -> list[list[str]]:
+    """The word lists the command hands to its torch path, which still converts them."""
+    sent: list[list[str]] = []
     torch_path = cli._convert_torch
 
     def spy(a, words, src, tgt):
@@ -153,6 +152,14 @@ def test_cli_leaves_close_calls_to_torch(monkeypatch, capsys):
         return torch_path(a, words, src, tgt)
 
     monkeypatch.setattr(cli, "_convert_torch", spy)
+    return sent
+
+
+def test_cli_leaves_close_calls_to_torch(monkeypatch, capsys, sent_to_torch):
+    """With every call counted close, every word goes to torch, and the output is the
+    same."""
+    args = ["convert", *WORDS, "--from", "sp", "--to", "p"]
+    sent = sent_to_torch
     code, plain, _ = _run(args, capsys)
     assert code == 0 and sent == []  # the shipped model is sure of these words
     monkeypatch.setattr(lite, "MARGIN", float("inf"))
@@ -183,17 +190,8 @@ def test_cli_engines(tmp_path, capsys):
     assert code == 2 and "--engine torch" in err
 
 
-def test_auto_engine_leaves_long_lists_to_torch(monkeypatch, capsys):
-    from workers import cli
-
-    sent = []
-    torch_path = cli._convert_torch
-
-    def spy(a, words, src, tgt):
-        sent.append(list(words))
-        return torch_path(a, words, src, tgt)
-
-    monkeypatch.setattr(cli, "_convert_torch", spy)
+def test_auto_engine_leaves_long_lists_to_torch(monkeypatch, capsys, sent_to_torch):
+    sent = sent_to_torch
     monkeypatch.setattr(cli, "LITE_MAX_WORDS", 1)
     args = ["convert", "walk", "sing", "--from", "sp", "--to", "p"]
     code, out, _ = _run(args, capsys)
