@@ -119,6 +119,8 @@ def test_one_off_conversion_imports_no_job_system(engine, unused):
             "--beam 2 or more",
         ),
         (["generate", "--beam", "100000"], "up to 64, not 100000"),
+        (["generate", "-n", "0"], "-n must be from 1 to 10,000, not 0"),
+        (["generate", "-n", "10001"], "-n must be from 1 to 10,000, not 10001"),
         (["evaluate", "--gaussian-beam", "-2"], "--gaussian-beam must be 0"),
         (["generate", "--joint", "--beam", "1"], "give --beam from 2 to 8"),
         (["generate", "--joint", "--beam", "9"], "not 9: give --beam from 2 to 8"),

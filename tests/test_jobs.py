@@ -212,6 +212,11 @@ def test_a_failing_job_records_its_error(backend):
 
     missing = wait_for(submit("generate", {"model": 99999, "n": 3}))
     assert missing["state"] == "failed" and "model 99999 is not in the database" in missing["error"]
+    # n out of bounds, as a job submitted other than by the command line may carry it
+    for n, shown in ((10_001, "10001"), (0, "0"), ("7", "'7'")):
+        job = wait_for(submit("generate", {"n": n}))
+        assert job["state"] == "failed"
+        assert job["error"] == f"ValueError: n must be a whole number from 1 to 10,000, not {shown}"
 
 
 def test_bad_scoring_counts_fail_a_job_before_it_trains(backend):

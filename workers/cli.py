@@ -504,8 +504,10 @@ def _check_joint(joint: bool, anchored: bool, width: int, prefix: str) -> None:
 
 
 def cmd_generate(args) -> int:
-    if args.n < 1:
-        raise UserError("-n must be at least 1")
+    from workers.settings import MAX_GENERATE
+
+    if not 1 <= args.n <= MAX_GENERATE:
+        raise UserError(f"-n must be from 1 to {MAX_GENERATE:,}, not {args.n}")
     _check_beam(args.beam, "--beam")
     _check_joint(args.joint, args.anchored, args.beam, "--")
     params = {"model": _model_ref(args.model), "n": args.n, "seed": args.seed}

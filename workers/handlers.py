@@ -32,6 +32,7 @@ from pipeline.metrics import distinct_verbs, gaussian_score
 from pipeline.tenses import tense_code
 from pipeline.training import EpochReport, resolve_device
 
+from . import settings
 from .runner import Cancelled, JobContext, latest_checkpoint
 
 BATCH = 2048  # conversion lines per transaction (and per cancellation check)
@@ -369,10 +370,14 @@ def convert_job(job: Job, ctx: JobContext) -> dict[str, Any]:
 
 def generate_job(job: Job, ctx: JobContext) -> dict[str, Any]:
     p = job.params
+    n = p.get("n", 100)
+    # A job submitted other than by the command line is refused here, before any work.
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= settings.MAX_GENERATE:
+        raise ValueError(f"n must be a whole number from 1 to {settings.MAX_GENERATE:,}, not {n!r}")
     model = load_model(p.get("model", "pretrained"))
     tuples = pipeline.generate(
         model,
-        p.get("n", 100),
+        n,
         seed=p.get("seed", 0),
         anchored=p.get("anchored", False),
         **decode_options(p.get("beam", 0), joint=p.get("joint", False)),

@@ -15,6 +15,10 @@ class SettingError(ValueError):
 QUEUES = {"train": "gpu", "evaluate": "gpu", "convert": "cpu", "generate": "cpu"}
 # Seconds a job may run before it is stopped and failed, by kind (TENSEVAE_TIME_LIMIT_<KIND>).
 TIME_LIMITS = {"train": 6 * 3600, "evaluate": 3600, "convert": 3600, "generate": 600}
+# Verbs one generation job may write: 10,000 take about 5 s greedily and about 50 s by joint
+# beam search of width 4 on 2 CPU cores (2026-12-06), well inside the job's 600 s; far more
+# would run into that limit and fail after minutes of work instead of at once.
+MAX_GENERATE = 10_000
 
 
 def seconds(name: str, default: float, most: float = 7 * 24 * 3600) -> float:
