@@ -151,6 +151,7 @@ def checkpoint_to_bytes(
     rng: torch.Tensor,
     state: dict[str, Any],
     best: dict[str, torch.Tensor] | None = None,
+    ema: list[torch.Tensor] | None = None,
 ) -> bytes:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
@@ -165,6 +166,8 @@ def checkpoint_to_bytes(
     tensors["torch_rng"] = torch.get_rng_state()  # dropout draws from torch's global generator
     for k, v in (best or {}).items():
         tensors[f"best.{k}"] = v
+    for i, v in enumerate(ema or []):  # the weights' moving average, by parameter order
+        tensors[f"ema.{i}"] = v
     meta = {
         "format": CHECKPOINT_FORMAT,
         "model": describe(model),
@@ -176,7 +179,8 @@ def checkpoint_to_bytes(
 
 
 def checkpoint_from_bytes(data: bytes) -> dict[str, Any]:
-    """Parts of a checkpoint: model, optimizer state dict, rng, state, best weights."""
+    """Parts of a checkpoint: model, optimizer state dict, rng, state, best weights, and the
+    weights' moving average (train.ema) as a list in the model's parameter order."""
     what = "checkpoint"
     tensors, metadata = _unpack(data, what)
     try:
@@ -196,6 +200,7 @@ def checkpoint_from_bytes(data: bytes) -> dict[str, Any]:
             slots.setdefault(int(pid), {})[key] = v
     for pid, extra in meta["optim_scalars"].items():
         slots.setdefault(int(pid), {}).update(extra)
+    averaged = [k for k in tensors if k.startswith("ema.")]
     return {
         "model": model,
         "optimizer": {"state": slots, "param_groups": meta["param_groups"]},
@@ -203,4 +208,5 @@ def checkpoint_from_bytes(data: bytes) -> dict[str, Any]:
         "torch_rng": tensors.get("torch_rng"),
         "state": meta["state"],
         "best": {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None,
+        "ema": [tensors[f"ema.{i}"] for i in range(len(averaged))] or None,
     }

@@ -151,6 +151,10 @@ class TrainConfig:
     # met far more often than a verb's exceptions (take -> took): these pairs get a second
     # pass each epoch. 0: off.
     hard_pairs: float = 0.0
+    # Decay of an exponential moving average of the weights over steps (0.995 weighs about
+    # the last 200 steps): each epoch is scored with the average, and the average is what
+    # training hands back. The steps themselves run on the trained weights. 0: off.
+    ema: float = 0.0
     val_fraction: float = 0.0  # share of verbs held out for validation (split by verb)
     max_lines: int = 0  # train on the first N lines only (smoke tests); 0: all
     select: str = "last"  # which epoch's weights to keep: last, or best on val_exact / bleu4
@@ -296,6 +300,7 @@ def validate(cfg: Config) -> None:
         (0 <= t.tf_start <= 1 and 0 <= t.tf_end <= 1, "teacher-forcing ratios must lie in [0, 1]"),
         (0 <= t.word_dropout < 1, "train.word_dropout must lie in [0, 1)"),
         (0 <= t.made_up_stems <= 1, "train.made_up_stems must lie in [0, 1]"),
+        (0 <= t.ema < 1, "train.ema must lie in [0, 1)"),
         (
             t.made_up_stems == 0 or m.attention,
             "train.made_up_stems needs model.attention",

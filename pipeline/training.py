@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +98,8 @@ class Trainer:
         torch.manual_seed(t.seed)  # weight initialisation
         self.model = TenseCVAE(config.model, Vocab()).to(device)
         self.optimizer = make_optimizer(self.model, config)
+        # train.ema: the weights' moving average, in the order of model.parameters()
+        self.ema = [p.detach().clone() for p in self.model.parameters()] if t.ema else None
         self.generator = torch.Generator().manual_seed(t.seed)
         # each pair's loss when last decoded with attention, for hard_pairs
         self._pair_loss = torch.zeros(len(self.pairs))
@@ -130,7 +133,7 @@ class Trainer:
         if self.hard:
             state["pair_loss"] = self._pair_loss.tolist()
         return artifacts.checkpoint_to_bytes(
-            self.model, self.optimizer, self.generator.get_state(), state, self.best
+            self.model, self.optimizer, self.generator.get_state(), state, self.best, self.ema
         )
 
     def restore(self, data: bytes) -> None:
@@ -146,6 +149,32 @@ class Trainer:
         self.best = parts["best"]
         if self.hard and "pair_loss" in s:
             self._pair_loss = torch.tensor(s["pair_loss"])
+        if self.ema is not None:  # a checkpoint without an average starts one from here
+            saved = parts["ema"]
+            params = list(self.model.parameters())
+            self.ema = [
+                (saved[i] if saved else p.detach()).clone().to(p.device)
+                for i, p in enumerate(params)
+            ]
+
+    @contextmanager
+    def averaged(self):
+        """The model with the weights' moving average in place (train.ema), its trained
+        weights back afterwards; nothing changes without an average."""
+        if self.ema is None:
+            yield
+            return
+        params = list(self.model.parameters())
+        trained = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, a in zip(params, self.ema, strict=True):
+                p.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, w in zip(params, trained, strict=True):
+                    p.copy_(w)
 
     # -- one step -------------------------------------------------------------------
     def _drop_words(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -423,6 +452,10 @@ class Trainer:
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(m.parameters(), t.grad_clip)
         self.optimizer.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                trained = [p.detach() for p in m.parameters()]
+                torch._foreach_lerp_(self.ema, trained, 1.0 - t.ema)
         self.step += 1
         return {
             "loss": loss.item(),
@@ -485,8 +518,9 @@ class Trainer:
             words_per_s=n / seconds,
         )
         if self.epoch % t.eval_every == 0 or self.epoch == t.epochs:
-            out.update(self.scores())
-            self._select(out)
+            with self.averaged():  # scored, and kept as best, as training hands it back
+                out.update(self.scores())
+                self._select(out)
         self.history.append(out)
         return out
 
@@ -541,6 +575,10 @@ def train(
             on_epoch(EpochReport(trainer.epoch, t.epochs, figures, trainer.checkpoint, due))
     if trainer.best is not None and not cancelled:
         trainer.model.load_state_dict(trainer.best)
+    elif trainer.ema is not None and not cancelled:
+        with torch.no_grad():
+            for p, a in zip(trainer.model.parameters(), trainer.ema, strict=True):
+                p.copy_(a)
     trainer.model.eval()
     return TrainResult(
         trainer.model,

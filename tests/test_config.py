@@ -50,6 +50,7 @@ def test_overrides():
         (["prior_anchor_top=-1"], "prior_anchor_top and train.prior_anchor_cap must be >= 0"),
         (["prior_anchor_cap=-1"], "prior_anchor_top and train.prior_anchor_cap must be >= 0"),
         (["hard_pairs=1.5"], "hard_pairs must lie in"),
+        (["ema=1"], "train.ema must lie in"),
         (["prior_anchor_fallback=far"], "prior_anchor_fallback must be likeliest or under_cap"),
     ],
 )

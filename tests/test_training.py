@@ -38,7 +38,7 @@ def test_same_seed_same_figures(tiny_config, tiny_run):
 
 
 @pytest.mark.parametrize(
-    "extra", [{}, {"prior_weight": 1.0, "prior_refresh": 3}, {"hard_pairs": 0.25}]
+    "extra", [{}, {"prior_weight": 1.0, "prior_refresh": 3}, {"hard_pairs": 0.25}, {"ema": 0.9}]
 )
 def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tiny_config, extra):
     cfg = tiny_config.replace(train={"epochs": 2, "eval_gaussian_draws": 0, **extra})
@@ -58,6 +58,38 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tiny_config, extra
         full.model.state_dict().values(), resumed.model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b)
+
+
+def test_the_weights_moving_average_follows_each_step(tiny_config):
+    from pipeline.data import batches, load_train
+    from pipeline.training import Trainer
+
+    trainer = Trainer(tiny_config.replace(train={"ema": 0.8}), load_train(), torch.device("cpu"))
+    params = list(trainer.model.parameters())
+    want = [p.detach().clone() for p in params]
+    gen = torch.Generator().manual_seed(0)
+    for b in list(batches(trainer.pairs, trainer.model.vocab, 16, gen))[:3]:
+        trainer.train_step(b)
+        want = [0.8 * w + 0.2 * p.detach() for w, p in zip(want, params, strict=True)]
+    trained = [p.detach().clone() for p in params]
+    for a, w in zip(trainer.ema, want, strict=True):
+        torch.testing.assert_close(a, w)
+    assert not all(torch.equal(a, w) for a, w in zip(trainer.ema, trained, strict=True))
+    with trainer.averaged():
+        assert all(torch.equal(p, a) for p, a in zip(params, trainer.ema, strict=True))
+    assert all(torch.equal(p, w) for p, w in zip(params, trained, strict=True))
+
+
+def test_training_scores_and_hands_back_the_moving_average(tiny_config):
+    from pipeline.data import load_test
+    from pipeline.evaluate import bleu_on
+
+    plain = pipeline.train(tiny_config.replace(train={"eval_gaussian_draws": 0}))
+    averaged = pipeline.train(tiny_config.replace(train={"eval_gaussian_draws": 0, "ema": 0.8}))
+    # the steps run on the trained weights either way
+    assert averaged.history[-1]["loss"] == plain.history[-1]["loss"]
+    assert not torch.equal(averaged.model.out.weight, plain.model.out.weight)
+    assert averaged.history[-1]["bleu4"] == bleu_on(averaged.model, load_test())["bleu4"]
 
 
 def test_cancellation_stops_training(tiny_config):
