@@ -200,7 +200,7 @@ def checkpoint_from_bytes(data: bytes) -> dict[str, Any]:
             slots.setdefault(int(pid), {})[key] = v
     for pid, extra in meta["optim_scalars"].items():
         slots.setdefault(int(pid), {}).update(extra)
-    averaged = [k for k in tensors if k.startswith("ema.")]
+    averaged = sum(k.startswith("ema.") for k in tensors)
     return {
         "model": model,
         "optimizer": {"state": slots, "param_groups": meta["param_groups"]},
@@ -208,5 +208,5 @@ def checkpoint_from_bytes(data: bytes) -> dict[str, Any]:
         "torch_rng": tensors.get("torch_rng"),
         "state": meta["state"],
         "best": {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None,
-        "ema": [tensors[f"ema.{i}"] for i in range(len(averaged))] or None,
+        "ema": [tensors[f"ema.{i}"] for i in range(averaged)] or None,
     }

@@ -98,8 +98,9 @@ class Trainer:
         torch.manual_seed(t.seed)  # weight initialisation
         self.model = TenseCVAE(config.model, Vocab()).to(device)
         self.optimizer = make_optimizer(self.model, config)
-        # train.ema: the weights' moving average, in the order of model.parameters()
-        self.ema = [p.detach().clone() for p in self.model.parameters()] if t.ema else None
+        self._params = list(self.model.parameters())  # restore() loads into these same tensors
+        # train.ema: the weights' moving average, in the order of _params
+        self.ema = [p.detach().clone() for p in self._params] if t.ema else None
         self.generator = torch.Generator().manual_seed(t.seed)
         # each pair's loss when last decoded with attention, for hard_pairs
         self._pair_loss = torch.zeros(len(self.pairs))
@@ -151,11 +152,16 @@ class Trainer:
             self._pair_loss = torch.tensor(s["pair_loss"])
         if self.ema is not None:  # a checkpoint without an average starts one from here
             saved = parts["ema"]
-            params = list(self.model.parameters())
             self.ema = [
                 (saved[i] if saved else p.detach()).clone().to(p.device)
-                for i, p in enumerate(params)
+                for i, p in enumerate(self._params)
             ]
+
+    @torch.no_grad()
+    def put_weights(self, values: list[torch.Tensor]) -> None:
+        """Copy ``values`` (in parameter order) into the model's parameters."""
+        for p, v in zip(self._params, values, strict=True):
+            p.copy_(v)
 
     @contextmanager
     def averaged(self):
@@ -164,17 +170,12 @@ class Trainer:
         if self.ema is None:
             yield
             return
-        params = list(self.model.parameters())
-        trained = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            for p, a in zip(params, self.ema, strict=True):
-                p.copy_(a)
+        trained = [p.detach().clone() for p in self._params]
+        self.put_weights(self.ema)
         try:
             yield
         finally:
-            with torch.no_grad():
-                for p, w in zip(params, trained, strict=True):
-                    p.copy_(w)
+            self.put_weights(trained)
 
     # -- one step -------------------------------------------------------------------
     def _drop_words(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -454,8 +455,7 @@ class Trainer:
         self.optimizer.step()
         if self.ema is not None:
             with torch.no_grad():
-                trained = [p.detach() for p in m.parameters()]
-                torch._foreach_lerp_(self.ema, trained, 1.0 - t.ema)
+                torch._foreach_lerp_(self.ema, self._params, 1.0 - t.ema)
         self.step += 1
         return {
             "loss": loss.item(),
@@ -576,9 +576,7 @@ def train(
     if trainer.best is not None and not cancelled:
         trainer.model.load_state_dict(trainer.best)
     elif trainer.ema is not None and not cancelled:
-        with torch.no_grad():
-            for p, a in zip(trainer.model.parameters(), trainer.ema, strict=True):
-                p.copy_(a)
+        trainer.put_weights(trainer.ema)
     trainer.model.eval()
     return TrainResult(
         trainer.model,
