@@ -1,8 +1,10 @@
 """Conversion in reduced precision that writes fp32's words.
 
-``lowered(model, "bf16")`` converts under bf16 autocast (matrix products and the LSTMs in
-bfloat16, everything element by element in fp32) on the model's device; on a CPU it needs
-one that oneDNN runs bf16 on, and says so where it cannot. ``lowered(model, "int8")`` is a
+``lowered(model, "bf16")`` converts under bf16 autocast on the model's device: matrix
+products and the LSTMs run in bfloat16, and the element-wise work after them (the LSTM cell,
+attention's softmax, the copy mix) on their bf16 outputs, as torch's CPU autocast casts none
+of it back to fp32; on a CPU it needs one that oneDNN runs bf16 on, and says so where it
+cannot. ``lowered(model, "int8")`` is a
 copy whose encoder LSTM, the attending decoder's recurrent matrix and its two attention
 projections run as int8 dynamic quantization (weights quantized once, per output row; each
 product's input quantized on its own range as it comes); the embeddings, z's heads, the
