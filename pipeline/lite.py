@@ -165,9 +165,17 @@ class LiteModel:
         if c.attention:
             recurrent = np.concatenate([W[:, W.shape[1] - H :], w["decoder.weight_hh_l0"]], 1).T
             feed = np.zeros((B, H), np.float32)
-            keys_w, comb = w["attn_key.weight"].T, w["combine.weight"]
+            comb = w["combine.weight"]
             He = memory.shape[2]
-            comb_out, comb_ctx, comb_flag = comb[:, :H].T, comb[:, H : H + He].T, comb[:, H + He]
+            comb_out, comb_flag = comb[:, :H].T, comb[:, H + He]
+            # the source's keys and its share of the combining layer, once (B, S, H) each,
+            # as torch's model.source_keys regroups them
+            both = memory.reshape(-1, He) @ np.concatenate(
+                [w["attn_key.weight"], comb[:, H : H + He].T], axis=1
+            )
+            keys, values = (
+                np.ascontiguousarray(part).reshape(B, -1, H) for part in np.split(both, 2, axis=1)
+            )
             position = None
             if c.position_bias:
                 K, S = c.position_bias, memory.shape[1]
@@ -184,12 +192,12 @@ class LiteModel:
             if c.attention:
                 gates = np.concatenate([feed, h], axis=1) @ recurrent + fixed + table[tokens]
                 h, cell = _cell(gates, cell)
-                scores = np.matmul(memory, (h @ keys_w)[:, :, None])[:, :, 0]
+                scores = np.matmul(keys, h[:, :, None])[:, :, 0]
                 if position is not None:
                     scores = scores + position[min(written, position.shape[0] - 1)]
                 att = _softmax(np.where(mask, scores, -np.inf))
-                context = np.matmul(att[:, None, :], memory)[:, 0]
-                feed = np.tanh(h @ comb_out + context @ comb_ctx + comb_flag + w["combine.bias"])
+                share = np.matmul(att[:, None, :], values)[:, 0]
+                feed = np.tanh(h @ comb_out + share + comb_flag + w["combine.bias"])
                 logits = self._linear(feed, "out")
                 if c.copy:
                     gate = _sigmoid(self._linear(feed, "copy_gate"))

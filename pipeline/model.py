@@ -44,6 +44,10 @@ class DecoderState:
     # False where no row has a source to attend to (decoding from noise): steps then skip
     # the attention, whose context every row would multiply by 0
     attends: bool = True
+    # (B, S, H) each: the source's keys and its share of the combining layer, multiplied
+    # once per decode out of training (``TenseCVAE.source_keys``), or None
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
 
     def select(self, index: torch.Tensor) -> DecoderState:
         def pick(t, dim=0):
@@ -63,6 +67,8 @@ class DecoderState:
             self.position,
             self.step,
             self.attends,
+            pick(self.keys),
+            pick(self.values),
         )
 
     def reorder(self, index: torch.Tensor) -> DecoderState:
@@ -296,11 +302,21 @@ class TenseCVAE(nn.Module):
                 flag = (
                     z.new_ones(B, 1) if use_context is None else use_context.to(z.dtype).view(B, 1)
                 )
-        pre = cell = position = None
+        pre = cell = position = keys = values = None
         if self.config.attention:
             pre, cell = self._cell_weights(cond)
             if self.config.position_bias:
                 position = self.position_scores(self.config.max_length + 1, memory.size(1))
+            # Out of training, every step's products with the source are regrouped as
+            # training's are: one product per word here, then each step scores H-wide keys.
+            # An int8 copy, whose projections are quantized modules, steps as written.
+            if (
+                posterior is not None
+                and not torch.is_grad_enabled()
+                and type(self.attn_key) is nn.Linear
+                and type(self.combine) is nn.Linear
+            ):
+                keys, values = self.source_keys(memory)
         return DecoderState(
             h0.unsqueeze(0).contiguous(),
             c0.unsqueeze(0).contiguous(),
@@ -314,7 +330,19 @@ class TenseCVAE(nn.Module):
             src if self.config.copy else None,
             position,
             attends=posterior is not None,
+            keys=keys,
+            values=values,
         )
+
+    def source_keys(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S, H) each, for the source's states ``memory`` (B, S, He): their keys (the
+        attention scores a decoder output q as keys @ q, since attn_key(q) . m = q .
+        (attn_key.weight^T m)) and their share of the combining layer (the attention's
+        weights times these give the context's share, with no (B, He) context between)."""
+        H, He = self.config.hidden_size, memory.size(2)
+        w = torch.cat([self.attn_key.weight, self.combine.weight[:, H : H + He].t()], dim=1)
+        keys, values = torch.matmul(memory, w).split([H, H], dim=-1)
+        return keys, values
 
     def position_scores(self, steps: int, length: int) -> torch.Tensor:
         """(steps, length): the learned bias of source character j at decoder step t, by
@@ -410,6 +438,8 @@ class TenseCVAE(nn.Module):
         batched matrix products' backward is made of outer products, about three times slower
         on CPU. Without gradients, batched matrix products: they need no (B, S, E)
         intermediate."""
+        if state.keys is not None and not torch.is_grad_enabled():
+            return self._attend_keys(out, state, position)
         memory, key = state.memory, self.attn_key(out)
         broadcast = torch.is_grad_enabled()
         if broadcast:
@@ -426,6 +456,22 @@ class TenseCVAE(nn.Module):
             context = torch.bmm(weights.unsqueeze(1), memory).squeeze(1)
         flag = state.use_context  # (B, 1)
         attended = torch.tanh(self.combine(torch.cat([out, context * flag, flag], dim=-1)))
+        return attended, weights
+
+    def _attend_keys(
+        self, out: torch.Tensor, state: DecoderState, position: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """_attend from the source's keys and values (``source_keys``): the same sums
+        regrouped, half as wide at each step, with no key or context product per step."""
+        scores = torch.bmm(state.keys, out.unsqueeze(2)).squeeze(2)
+        if position is not None:
+            scores = scores + position
+        weights = torch.softmax(scores.masked_fill(~state.mask, float("-inf")), dim=-1)
+        share = torch.bmm(weights.unsqueeze(1), state.values).squeeze(1)  # (B, H)
+        H, flag = self.config.hidden_size, state.use_context
+        w = self.combine.weight  # columns: output, context, flag
+        mixed = torch.addmm(self.combine.bias, out, w[:, :H].t())
+        attended = torch.tanh(mixed + flag * (share + w[:, w.size(1) - 1]))
         return attended, weights
 
     def decode(self, tokens: torch.Tensor, state: DecoderState) -> torch.Tensor:
@@ -478,9 +524,10 @@ class TenseCVAE(nn.Module):
         # the source's keys and its share of the combining layer, for attending rows
         rows = order[:A]
         memory, mask = state.memory.index_select(0, rows), state.mask.index_select(0, rows)
-        keys, values = torch.matmul(
-            memory, torch.cat([self.attn_key.weight, w[:, H : H + He].t()], dim=1)
-        ).split([H, H], dim=-1)  # (A, S, H) each
+        if state.keys is None or torch.is_grad_enabled():
+            keys, values = self.source_keys(memory)  # (A, S, H) each
+        else:  # init_decoder multiplied them already (out of training)
+            keys, values = state.keys.index_select(0, rows), state.values.index_select(0, rows)
         positions = [None] * T
         if state.position is not None:
             positions = self.position_scores(T, memory.size(1)).unbind(0)

@@ -87,6 +87,49 @@ def test_teacher_forced_and_step_by_step_decoding_agree():
         assert torch.allclose(full[live], torch.stack(steps, 1)[live], atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"attention": True, "decoder_input_z": True},
+        {"attention": True, "bidirectional": True, "copy": True, "position_bias": 3},
+    ],
+)
+@torch.no_grad()
+def test_decoding_from_the_sources_keys_is_the_per_step_attention(kw):
+    """Out of training, init_decoder multiplies the source by the attention's key and
+    combining weights once (source_keys) and the steps score those: the same logits as the
+    steps that project every output and context, for rows that attend and rows that may
+    not, and as teacher-forced decoding."""
+    m = _model(**kw)
+    if kw.get("position_bias"):
+        m.position_bias.copy_(torch.linspace(-2.0, 3.0, m.position_bias.numel()))
+    b = make_batch(MIXED, m.vocab)
+    post = m.encode(b.src, b.src_len, b.src_tense)
+    use = torch.tensor([1, 0, 1, 1, 0, 1])
+    keyed = m.init_decoder(post.mu, b.tgt_tense, post, use)
+    assert keyed.keys is not None and keyed.keys.shape == (*b.src.shape, 16)
+    plain = replace(keyed, keys=None, values=None)
+    full = m.decode(b.tgt_in, plain)
+    a_steps, b_steps, tgt = [], [], b.tgt_in
+    for t in range(tgt.size(1)):
+        logits, keyed = m.decode_step(tgt[:, t], keyed)
+        a_steps.append(logits)
+        logits, plain = m.decode_step(tgt[:, t], plain)
+        b_steps.append(logits)
+        if t == 2:  # rows leave and are reordered as greedy and beam search do
+            index = torch.tensor([5, 3, 1, 0])
+            keyed, plain = keyed.select(index), plain.select(index)
+            full, tgt = full[index], tgt[index]
+            a_steps = [x[index] for x in a_steps]
+            b_steps = [x[index] for x in b_steps]
+    live = tgt != PAD
+    a_all, b_all = torch.stack(a_steps, 1), torch.stack(b_steps, 1)
+    assert torch.allclose(a_all[live], b_all[live], atol=1e-5)
+    assert torch.allclose(a_all[live], full[live], atol=1e-5)
+    with torch.enable_grad():  # training's steps keep the per-step products
+        assert m.init_decoder(post.mu, b.tgt_tense, post).keys is None
+
+
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_encoder_over_the_padded_batch_is_the_packed_lstm(bidirectional):
     """encode runs each direction over the padded batch (the backward one on words reversed
