@@ -170,12 +170,9 @@ class LiteModel:
             comb_out, comb_flag = comb[:, :H].T, comb[:, H + He]
             # the source's keys and its share of the combining layer, once (B, S, H) each,
             # as torch's model.source_keys regroups them
-            both = memory.reshape(-1, He) @ np.concatenate(
-                [w["attn_key.weight"], comb[:, H : H + He].T], axis=1
-            )
-            keys, values = (
-                np.ascontiguousarray(part).reshape(B, -1, H) for part in np.split(both, 2, axis=1)
-            )
+            states = memory.reshape(-1, He)
+            keys = (states @ w["attn_key.weight"]).reshape(B, -1, H)
+            values = (states @ comb[:, H : H + He].T).reshape(B, -1, H)
             position = None
             if c.position_bias:
                 K, S = c.position_bias, memory.shape[1]
