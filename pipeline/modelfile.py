@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import ModelConfig
-from .errors import ModelLoadError
+from .config import Config, ModelConfig, validate
+from .errors import ConfigError, ModelLoadError
 from .vocab import Vocab
 
 FORMAT = "tensevae-model/1"
@@ -68,7 +68,10 @@ def read_config(meta: Any, what: str) -> tuple[ModelConfig, Vocab]:
             raise ModelLoadError(f"{what}: memory size {config.latent_memory!r} is not plausible")
         if not all(isinstance(n, int) and 0 < n <= _SIZE_LIMIT for n in sizes):
             raise ModelLoadError(f"{what}: config sizes {sizes} are not plausible")
+        validate(Config(model=config))  # the checks a config file gets (dropout in [0, 1), ...)
         return config, Vocab(meta["vocab"])
+    except ConfigError as e:
+        raise ModelLoadError(f"{what}: {e}") from None
     except ModelLoadError:
         raise
     except Exception as e:  # any other malformed value in a config read from outside

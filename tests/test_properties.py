@@ -60,6 +60,27 @@ def test_mangled_model_bytes_fail_cleanly(model, data):
     assert len(pipeline.convert(loaded, ["walk"], "sp", "p")) == 1
 
 
+def test_a_config_value_out_of_range_is_a_load_error(model, tmp_path):
+    """A model whose config holds a value this version cannot build (here model.dropout
+    1.1, which a flipped byte made of 0.1 once) is refused with one ModelLoadError line by
+    both loaders, as a config file would be, not a ValueError from building the model."""
+    import json
+
+    from pipeline import artifacts, lite
+
+    meta = artifacts.describe(model)
+    meta["model"]["dropout"] = 1.1
+    blob = artifacts._pack(model.state_dict(), {"tensevae": json.dumps(meta)})
+    with pytest.raises(ModelLoadError, match=r"model\.dropout must lie in"):
+        pipeline.from_bytes(blob)
+    folder = artifacts.save(model, tmp_path / "m")
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match=r"model\.dropout must lie in"):
+        artifacts.load(folder)
+    with pytest.raises(ModelLoadError, match=r"model\.dropout must lie in"):
+        lite.LiteModel.load(folder)
+
+
 def test_urls_are_masked():
     from db.session import mask_url
     from workers.settings import redact
