@@ -461,20 +461,10 @@ class TenseCVAE(nn.Module):
         intermediate."""
         if state.keys is not None and not torch.is_grad_enabled():
             return self._attend_keys(out, state, position)
-        memory, key = state.memory, self.attn_key(out)
-        broadcast = torch.is_grad_enabled()
-        if broadcast:
-            scores = (memory * key.unsqueeze(1)).sum(-1)
-        else:
-            scores = torch.bmm(memory, key.unsqueeze(2)).squeeze(2)
-        if position is not None:  # (S,): this step's bias by place in the source
-            scores = scores + position
-        scores = scores.masked_fill(~state.mask, float("-inf"))
-        weights = torch.softmax(scores, dim=-1)
-        if broadcast:
-            context = (weights.unsqueeze(2) * memory).sum(1)
-        else:
-            context = torch.bmm(weights.unsqueeze(1), memory).squeeze(1)
+        memory = state.memory  # the source's states are its keys and values here
+        context, weights = _keyed_attention(
+            self.attn_key(out), memory, memory, state.mask, position, torch.is_grad_enabled()
+        )
         flag = state.use_context  # (B, 1)
         attended = torch.tanh(self.combine(torch.cat([out, context * flag, flag], dim=-1)))
         return attended, weights
