@@ -20,10 +20,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-JOB_KINDS = ("train", "evaluate", "convert", "generate")
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINAL_STATES = ("succeeded", "failed", "cancelled")
-
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)

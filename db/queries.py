@@ -89,6 +89,12 @@ def models_with_scores(best_by: str | None = None, limit: int = 20) -> list[dict
     return out[:limit]
 
 
+def score_names() -> list[str]:
+    """Every score name some model has, sorted."""
+    with session() as s:
+        return sorted(s.scalars(select(Score.name).where(Score.model_id.is_not(None)).distinct()))
+
+
 def job_scores(job_id: int) -> list[dict[str, Any]]:
     with session() as s:
         return [

@@ -113,16 +113,26 @@ def read_conversions(
     return out
 
 
-def read_requests(path: str | Path) -> list[tuple[int, str, str, str]]:
+def read_requests(
+    path: str | Path, src: str | None = None, tgt: str | None = None
+) -> list[tuple[int, str, str, str]]:
     """Lines ``word from to`` of a bulk conversion: (line, word, src, tgt), unchecked words.
 
-    Words are validated later, one by one, so that one bad word never stops a bulk job;
-    a line without three fields is still an error of the file."""
+    Given ``src`` and ``tgt`` (the command's ``--from`` and ``--to``), a line may also hold
+    the word alone, converted between those tenses. Words and tenses are validated later,
+    one by one, so that one bad word never stops a bulk job; a line with another number of
+    fields is still an error of the file."""
     out = []
     for n, text in _lines(path):
         parts = text.split()
+        if len(parts) == 1 and src is not None and tgt is not None:
+            parts = [parts[0], src, tgt]
         if len(parts) != 3:
-            raise DataError(f"{path}:{n}: expected 'word from to', found {len(parts)} fields")
+            found = f"found {len(parts)} field{'s' if len(parts) != 1 else ''}"
+            if src is None or tgt is None:
+                hint = " (words alone, one a line, need --from and --to)" if len(parts) == 1 else ""
+                raise DataError(f"{path}:{n}: expected 'word from to', {found}{hint}")
+            raise DataError(f"{path}:{n}: expected 'word' or 'word from to', {found}")
         out.append((n, parts[0], parts[1], parts[2]))
     return out
 

@@ -138,6 +138,10 @@ def test_one_off_conversion_imports_no_job_system(engine, unused):
         (["queue", "--watch", "0"], "give at least 0.1 seconds, not 0"),
         (["queue", "--watch", "nan"], "give at least 0.1 seconds, not nan"),
         (["plot", "424242"], "no job 424242"),
+        (["jobs", "--state", "done"], "invalid choice: 'done' (choose from 'queued'"),
+        (["jobs", "--kind", "training"], "invalid choice: 'training'"),
+        (["convert", "--input", "in.txt", "--from", "sp"], "--from and --to go together"),
+        (["convert", "--input", "in.txt", "--from", "sp", "--to", "future"], "'future'"),
         (["convert", "walk", "--from", "sp", "--to", "p", "--output", "x.csv"], "use --input"),
         (["convert", "--input", "in.txt", "--output", "x.csv"], "add --wait"),
         (["convert", "--input", "in.txt", "--wait", "--output", "/no/such/x.csv"], "no folder"),
@@ -245,6 +249,25 @@ def test_no_server_default_runs_a_job_with_one_command(tmp_path):
     assert json.loads(exported.stdout)[2]["error"]
 
 
+def test_a_bulk_job_of_words_alone_takes_from_and_to(tmp_path):
+    """With --from and --to, a line may hold a word alone; a line of its own tenses keeps
+    them. Without them, such a line is an error of the file that says what is missing."""
+    f = tmp_path / "in.txt"
+    f.write_text("abandon\nbegin sp pg\nwalk\n")
+    line = one_line_error(tv("convert", "--input", str(f), home=tmp_path))
+    assert f"{f}:1: expected 'word from to', found 1 field" in line and "--from and --to" in line
+    out = tmp_path / "out.json"
+    p = tv("convert", "--input", str(f), "--from", "present", "--to", "past", "--output",
+           str(out), "--wait", home=tmp_path, check=0)  # fmt: skip
+    assert "3 converted, 0 refused" in p.stdout
+    rows = [(r["word"], r["src"], r["tgt"], r["output"]) for r in json.loads(out.read_text())]
+    assert rows == [
+        ("abandon", "sp", "p", "abandoned"),
+        ("begin", "sp", "pg", "beginning"),
+        ("walk", "sp", "p", "walked"),
+    ]
+
+
 def test_bulk_options_reach_the_job(tmp_path):
     """--precision, --beam and --roundtrip on a bulk job are the job's params, as the worker
     reads them."""
@@ -340,6 +363,8 @@ def test_train_through_the_queue_writes_scores_and_curves(tmp_path):
         tv("results", "--json", "--best-by", "bleu4", home=tmp_path, check=0).stdout
     )
     assert models[0]["job_id"] == 1 and "bleu4" in models[0]["scores"]
+    line = one_line_error(tv("results", "--best-by", "gaussian", home=tmp_path))
+    assert "no model has a score named 'gaussian'" in line and "gaussian_score," in line
     gen = json.loads(
         tv("generate", "-n", "3", "--model", "1", "--beam", "2", "--wait", "--json",
            home=tmp_path, check=0).stdout

@@ -89,8 +89,15 @@ def test_conversions_with_own_tenses_and_requests(tmp_path):
         read_conversions(f)
     r = tmp_path / "r.txt"
     r.write_text("walk sp p\n\nBad1 sp p\nonly two\n")
-    with pytest.raises(DataError, match=r"r.txt:4: expected 'word from to'"):
+    with pytest.raises(DataError, match=r"r.txt:4: expected 'word from to', found 2 fields$"):
         read_requests(r)
+    r.write_text("walk\nsing sp pg\n")
+    with pytest.raises(DataError, match=r"r.txt:1: .* found 1 field \(words alone"):
+        read_requests(r)
+    assert read_requests(r, "sp", "p") == [(1, "walk", "sp", "p"), (2, "sing", "sp", "pg")]
+    r.write_text("walk sp\n")
+    with pytest.raises(DataError, match=r"r.txt:1: expected 'word' or 'word from to', found 2"):
+        read_requests(r, "sp", "p")
 
 
 def test_split_by_verb_never_splits_a_verb():

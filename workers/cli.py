@@ -393,7 +393,17 @@ def _bulk_convert(args) -> int:
     from pipeline.evaluate import decode_options
 
     _check_written_at_end(args, "--output", args.output)
-    requests = read_requests(args.input)
+    if bool(args.src) != bool(args.tgt):
+        raise UserError(
+            "--from and --to go together: with --input they convert the lines that hold a "
+            "word alone"
+        )
+    src = tgt = None
+    if args.src:
+        from pipeline.tenses import tense_code
+
+        src, tgt = tense_code(args.src), tense_code(args.tgt)
+    requests = read_requests(args.input, src, tgt)
     params = {
         "model": _model_ref(args.model),
         "requests": [list(r) for r in requests],
@@ -593,6 +603,8 @@ def cmd_results(args) -> int:
             for r in rows:
                 print("  ".join(str(v) for v in r.values()))
         return 0
+    if args.best_by and args.best_by not in (names := queries.score_names()) and names:
+        raise UserError(f"no model has a score named {args.best_by!r}; scores: {', '.join(names)}")
     models = queries.models_with_scores(args.best_by, args.limit)
     if args.json:
         _print_json(models)
@@ -832,7 +844,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--from", dest="src", help="tense of the words (sp, tp, pg, p or an alias)")
     p.add_argument("--to", dest="tgt", help="tense to convert to")
-    p.add_argument("--input", help="a file of 'word from to' lines: submits a bulk job")
+    p.add_argument(
+        "--input",
+        help="a file of 'word from to' lines (with --from and --to, also lines of a word "
+        "alone): submits a bulk job",
+    )
     p.add_argument("--output", help="with --wait: write the conversions here (.csv or .json)")
     p.add_argument("--format", choices=["csv", "json"])
     p.add_argument("--beam", type=int, default=0, help="beam width (default: greedy)")
@@ -911,10 +927,12 @@ def parser() -> argparse.ArgumentParser:
     _job_options(p)
     p.set_defaults(func=cmd_generate)
 
+    from db.states import JOB_KINDS, JOB_STATES
+
     p = sub.add_parser("jobs", help="list jobs, or show one")
     p.add_argument("id", nargs="?", type=int)
-    p.add_argument("--state")
-    p.add_argument("--kind")
+    p.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
+    p.add_argument("--kind", choices=JOB_KINDS, help="only jobs of this kind")
     p.add_argument("--limit", type=_at_least_one, default=20)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_jobs)

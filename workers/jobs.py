@@ -9,8 +9,9 @@ from typing import Any
 from sqlalchemy import update
 
 from db.migrate import ensure_schema
-from db.models import FINAL_STATES, Job, utcnow
+from db.models import Job, utcnow
 from db.session import session
+from db.states import FINAL_STATES
 
 from . import settings
 

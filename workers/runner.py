@@ -18,8 +18,9 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import undefer
 
-from db.models import FINAL_STATES, Checkpoint, Job, Worker, utcnow
+from db.models import Checkpoint, Job, Worker, utcnow
 from db.session import DatabaseUnavailable, session, transaction
+from db.states import FINAL_STATES
 
 from . import settings
 
