@@ -230,7 +230,9 @@ def from_dict(data: dict[str, Any]) -> Config:
         types = {f.name: type(f.default) for f in fields(cls)}
         for key in given:
             if key not in types:
-                raise ConfigError(f"unknown config key {section}.{key}")
+                raise ConfigError(
+                    f"unknown config key {section}.{key}{_did_you_mean(section, key)}"
+                )
         built[section] = cls(**{k: _coerce(section, k, v, types[k]) for k, v in given.items()})
     cfg = Config(name=str(data.get("name", "default")), **built)
     validate(cfg)
@@ -361,6 +363,21 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _did_you_mean(section: str | None, name: str) -> str:
+    """' (did you mean model.hidden_size?)' for a key close to real ones, else ''."""
+    import difflib
+
+    keys = [(s, f.name) for s, cls in _SECTIONS.items() for f in fields(cls)]
+    names = sorted({n for _, n in keys})
+    close = [n for n in names if n.startswith(name)] or difflib.get_close_matches(
+        name, names, n=3, cutoff=0.7
+    )
+    shown = [f"{s}.{n}" for n in close[:3] for s, m in keys if m == n]
+    if section in _SECTIONS:  # the same section's keys first
+        shown.sort(key=lambda k: not k.startswith(section + "."))
+    return f" (did you mean {' or '.join(shown[:3])}?)" if shown else ""
+
+
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """``KEY=VALUE`` items: ``train.epochs=5``, or a bare key when one section has it."""
     data = cfg.to_dict()
@@ -376,10 +393,10 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         if not section:
             owners = [s for s in _SECTIONS if name in data[s]]
             if len(owners) != 1:
-                raise ConfigError(f"unknown config key {name!r}")
+                raise ConfigError(f"unknown config key {name!r}{_did_you_mean(None, name)}")
             section = owners[0]
         if section not in _SECTIONS or name not in data[section]:
-            raise ConfigError(f"unknown config key {key!r}")
+            raise ConfigError(f"unknown config key {key!r}{_did_you_mean(section, name)}")
         data[section][name] = _parse_value(text)
     return from_dict(data)
 

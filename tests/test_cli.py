@@ -144,6 +144,7 @@ def test_one_off_conversion_imports_no_job_system(engine, unused):
         (["convert", "--input", "in.txt", "--from", "sp", "--to", "future"], "'future'"),
         (["convert", "walk", "--from", "sp", "--to", "p", "--output", "x.csv"], "use --input"),
         (["convert", "--input", "in.txt", "--output", "x.csv"], "add --wait"),
+        (["convert", "walk", "--from", "sp", "--to", "p", "--queue", "gpu"], "use --input FILE"),
         (["convert", "--input", "in.txt", "--wait", "--output", "/no/such/x.csv"], "no folder"),
         (["convert", "--input", "in.txt", "--wait", "--output", "/"], "is a folder"),
         (["train", "--plot", "x.png"], "add --wait"),

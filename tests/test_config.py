@@ -29,7 +29,10 @@ def test_overrides():
     ("overrides", "message"),
     [
         (["epochs"], "not KEY=VALUE"),
-        (["train.nope=1"], "unknown config key"),
+        (["train.nope=1"], r"unknown config key 'train.nope'$"),
+        (["model.hidden=64"], r"'model.hidden' \(did you mean model.hidden_size\?\)"),
+        (["train.hidden_size=64"], r"\(did you mean model.hidden_size\?\)"),
+        (["epoch=3"], r"unknown config key 'epoch' \(did you mean train.epochs\?\)"),
         (["epochs=many"], "expected int"),
         (["epochs=2.5"], "whole number"),
         (["kl_schedule=sometimes"], "kl_schedule"),
@@ -57,6 +60,13 @@ def test_overrides():
 def test_bad_overrides(overrides, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(Config(), overrides)
+
+
+def test_an_unknown_key_in_a_config_file_names_the_close_ones(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("model:\n  hiden_size: 64\ntrain:\n  epochs: 2\n")
+    with pytest.raises(ConfigError, match=r"model.hiden_size \(did you mean model.hidden_size\?\)"):
+        load_config(str(f))
 
 
 def test_bad_files(tmp_path):

@@ -313,6 +313,11 @@ def cmd_convert(args) -> int:
         return _bulk_convert(args)
     if args.output or args.format:
         raise UserError("--output and --format write a bulk job's conversions: use --input FILE")
+    if args.queue:
+        raise UserError(
+            "--queue sends a job to workers; words given on the command line are converted "
+            "at once in this process: use --input FILE for a bulk job"
+        )
     if not args.words:
         raise UserError("give words to convert, or --input FILE for a bulk job")
     if not args.src or not args.tgt:
