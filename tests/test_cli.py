@@ -364,6 +364,8 @@ def test_train_through_the_queue_writes_scores_and_curves(tmp_path):
         tv("results", "--json", "--best-by", "bleu4", home=tmp_path, check=0).stdout
     )
     assert models[0]["job_id"] == 1 and "bleu4" in models[0]["scores"]
+    header, row = tv("results", home=tmp_path, check=0).stdout.splitlines()
+    assert header.split()[-2:] == ["joint", "exact"] and "-" not in row.split()  # every score
     line = one_line_error(tv("results", "--best-by", "gaussian", home=tmp_path))
     assert "no model has a score named 'gaussian'" in line and "gaussian_score," in line
     gen = json.loads(

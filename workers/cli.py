@@ -615,7 +615,8 @@ def cmd_results(args) -> int:
         _print_json(models)
         return 0
     print(
-        f"{'model':>5} {'job':>5} {'name':<24} {'bleu4':>7} {'bleu4~z':>15} {'gaussian':>15} {'exact':>6}"
+        f"{'model':>5} {'job':>5} {'name':<24} {'bleu4':>7} {'bleu4~z':>15} {'gaussian':>15} "
+        f"{'joint':>15} {'exact':>6}"
     )
     for m in models:
         s = m["scores"]
@@ -630,9 +631,20 @@ def cmd_results(args) -> int:
 
         print(
             f"{m['id']:>5} {m['job_id'] or '-':>5} {m['name'][:24]:<24} {fig('bleu4'):>7} "
-            f"{fig('bleu4_sampled'):>15} {fig('gaussian_score'):>15} {fig('exact_match:mean'):>6}"
+            f"{fig('bleu4_sampled'):>15} {fig('gaussian_score'):>15} "
+            f"{fig(_joint_score_name(s)):>15} {fig('exact_match:mean'):>6}"
         )
     return 0
+
+
+def _joint_score_name(scores: dict[str, Any]) -> str:
+    """The name of a model's Gaussian score with each z's four forms chosen together
+    (gaussian_score_beam4_joint, or another beam's), beam 4 first."""
+    names = sorted(
+        (n for n in scores if n.startswith("gaussian_score_beam") and n.endswith("_joint")),
+        key=lambda n: (n != "gaussian_score_beam4_joint", n),
+    )
+    return names[0] if names else "gaussian_score_beam4_joint"
 
 
 def cmd_queue(args) -> int:
