@@ -1,4 +1,4 @@
-"""PNG curves of every figure training records, against epoch."""
+"""Curves of every figure training records, against epoch (PNG, PDF or SVG)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,19 @@ from pathlib import Path
 from typing import Any
 
 SKIP = {"epoch"}
+# What the curves may be written as, by the file's suffix; a path without one gets PNG.
+FORMATS = ("png", "pdf", "svg")
+
+
+def check_format(path: str | Path) -> None:
+    """A ValueError naming the suffix where ``path`` asks for a format the curves are not
+    written in, before any work is done."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix and suffix not in FORMATS:
+        shown = ", ".join(f".{f}" for f in FORMATS)
+        raise ValueError(
+            f"{path}: curves are written as {shown} (or PNG without a suffix), not .{suffix}"
+        )
 
 
 def plot_history(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
@@ -18,6 +31,7 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path, title: str
 
     if not history:
         raise ValueError("no epoch figures to plot")
+    check_format(path)
     names = [k for k in history[0] if k not in SKIP]
     for h in history:
         names += [k for k in h if k not in SKIP and k not in names]
@@ -39,6 +53,6 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path, title: str
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, format=path.suffix.lower().lstrip(".") or "png")
     plt.close(fig)
     return path

@@ -151,6 +151,8 @@ def test_one_off_conversion_imports_no_job_system(engine, unused):
         (["train", "--wait", "--plot", "/no/such/x.png"], "no folder /no/such"),
         (["results", "--job", "1", "--output", "/no/such/x.csv"], "no folder"),
         (["plot", "1", "--output", "/no/such/x.png"], "no folder"),
+        (["plot", "1", "--output", "curves.txt"], "curves are written as .png, .pdf, .svg"),
+        (["train", "--wait", "--plot", "curves.jpg"], "not .jpg"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):

@@ -272,6 +272,11 @@ def test_plots(tiny_run, tmp_path):
 
     path = plot_history(tiny_run[0].history * 2, tmp_path / "curves.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_history(tiny_run[0].history, tmp_path / "c.SVG").read_bytes().startswith(b"<?xml")
+    assert plot_history(tiny_run[0].history, tmp_path / "c.pdf").read_bytes()[:5] == b"%PDF-"
+    assert plot_history(tiny_run[0].history, tmp_path / "c").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match=r"not \.txt"):
+        plot_history(tiny_run[0].history, tmp_path / "c.txt")
 
 
 def test_prior_draws_are_decoded_toward_the_likeliest_training_verb(tiny_config):

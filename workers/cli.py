@@ -249,10 +249,22 @@ def _check_written_at_end(args, flag: str, path: str | None) -> None:
     _check_writable(path)
 
 
+def _check_plot_path(path: str | None) -> None:
+    """Curves asked for in a format they are not written in: refused before any work."""
+    from pipeline.plots import check_format
+
+    if path:
+        try:
+            check_format(path)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+
+
 def cmd_train(args) -> int:
     from pipeline.config import load_config
 
     _check_written_at_end(args, "--plot", args.plot)
+    _check_plot_path(args.plot)
     _check_scoring(args)
     config = load_config(args.config, args.set)
     params = {
@@ -768,6 +780,7 @@ def cmd_plot(args) -> int:
 
     _ensure_db()
     _check_writable(args.output)
+    _check_plot_path(args.output)
     if get_job(args.id, full=False) is None:
         raise UserError(f"no job {args.id}")
     print(_plot(args.id, args.output))
@@ -840,7 +853,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value"
     )
-    p.add_argument("--plot", help="with --wait: where to write the curves (PNG)")
+    p.add_argument("--plot", help="with --wait: where to write the curves (.png, .pdf or .svg)")
     p.add_argument("--samples", type=int, default=100, help="sampled z for BLEU-4 spread")
     p.add_argument("--draws", type=int, default=20, help="draws of 100 z for the Gaussian score")
     p.add_argument(
@@ -996,7 +1009,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=int)
     p.set_defaults(func=cmd_cancel)
 
-    p = sub.add_parser("plot", help="write a training job's curves as PNG")
+    p = sub.add_parser("plot", help="write a training job's curves (PNG, PDF or SVG)")
     p.add_argument("id", type=int)
     p.add_argument("--output")
     p.set_defaults(func=cmd_plot)
