@@ -271,6 +271,35 @@ def test_a_bulk_job_of_words_alone_takes_from_and_to(tmp_path):
     ]
 
 
+def test_ctrl_c_on_a_job_this_process_runs_cancels_it(tmp_path):
+    """With no worker listening, `--wait` runs the job in the command's process: Ctrl-C
+    there ends the process, so the job is recorded cancelled, not left running."""
+    import signal
+    import time
+
+    e = {**os.environ, "TENSEVAE_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    for name in ("TENSEVAE_DATABASE_URL", "TENSEVAE_BROKER_URL"):
+        e.pop(name, None)
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "train", "--config", "tiny", "--set",
+         "train.epochs=400", "--set", "train.max_lines=300", "--wait"],
+        env=e, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        for line in cli.stderr:  # the job's progress: Ctrl-C once it trains
+            if "epoch 1/400" in line or time.time() > deadline:
+                break
+        cli.send_signal(signal.SIGINT)
+        out, err = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 1 and "cancelling job 1" in err and "job 1 cancelled" in out
+    job = json.loads(tv("jobs", "1", "--json", home=tmp_path, check=0).stdout)
+    assert job["state"] == "cancelled"
+
+
 def test_bulk_options_reach_the_job(tmp_path):
     """--precision, --beam and --roundtrip on a bulk job are the job's params, as the worker
     reads them."""

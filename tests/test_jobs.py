@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy import func, select
 
@@ -237,6 +239,47 @@ def test_cancelling_a_running_job(backend):
     assert cancel(job_id) == "running"
     job = wait_for(job_id, timeout=60)
     assert job["state"] == "cancelled"
+
+
+def test_ctrl_c_stops_following_a_job_a_worker_runs_not_the_job(backend):
+    """`--wait` follows a job; Ctrl-C there gives the terminal back and leaves the worker's
+    job running (exit 130), where it used to cancel it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from db.queries import list_jobs
+    from workers.jobs import cancel
+
+    args = ["train", "--config", "tiny", "--wait"]
+    for item in [*TINY, "train.epochs=200"]:
+        args += ["--set", item]
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", *args],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 60
+        while not (jobs := list_jobs(state="running", kind="train")) and time.time() < deadline:
+            time.sleep(0.2)
+        assert jobs, "the job never started"
+        time.sleep(1)  # the command is following it
+        cli.send_signal(signal.SIGINT)
+        _, err = cli.communicate(timeout=30)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    job_id = jobs[0]["id"]
+    assert cli.returncode == 130, err
+    assert f"stopped following job {job_id}, which stays running" in err
+    time.sleep(1)
+    assert "w1" in wait_for(job_id, states=("running",), timeout=1)["worker"]
+    assert cancel(job_id) == "running"
+    assert wait_for(job_id, timeout=60)["state"] == "cancelled"
 
 
 def test_cancelling_a_queued_job(backend):

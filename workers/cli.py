@@ -166,10 +166,19 @@ def _wait(job_id: int, quiet: bool) -> dict[str, Any]:
                 return get_job(job_id)
             time.sleep(0.3)
     except KeyboardInterrupt:
+        if thread is None:  # a worker runs it: stop following, never stop the work
+            state = get_job(job_id, full=False)["state"]
+            print(
+                f"\nstopped following job {job_id}, which stays {state}: `tensevae jobs "
+                f"{job_id}` shows it, `tensevae cancel {job_id}` stops it",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise
+        # this process runs it and is about to end: the job ends with it, as cancelled
         print(f"\ncancelling job {job_id} ...", file=sys.stderr, flush=True)
         cancel(job_id)
-        if thread is not None:
-            thread.join()
+        thread.join()
         return get_job(job_id)
 
 
