@@ -45,13 +45,19 @@ def bundled(name: str) -> Path:
 
 
 def _lines(path: str | Path) -> list[tuple[int, str]]:
-    """(line number, stripped text) of the non-blank lines; errors name the file."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: no such file")
-    if p.is_dir():
-        raise DataError(f"{p}: is a directory, not a file")
-    raw = p.read_bytes()
+    """(line number, stripped text) of the non-blank lines; errors name the file. ``-`` is
+    standard input (named ``stdin`` in errors)."""
+    if str(path) == "-":
+        import sys
+
+        p, raw = _shown(path), sys.stdin.buffer.read()
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise DataError(f"{p}: no such file")
+        if p.is_dir():
+            raise DataError(f"{p}: is a directory, not a file")
+        raw = p.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -61,6 +67,11 @@ def _lines(path: str | Path) -> list[tuple[int, str]]:
     if not rows:
         raise DataError(f"{p}: the file is empty")
     return rows
+
+
+def _shown(path: str | Path) -> str | Path:
+    """How errors name a file: ``-`` is standard input."""
+    return "stdin" if str(path) == "-" else path
 
 
 def _check_word(path: Path | str, line: int, word: str, vocab: Vocab) -> str:
@@ -74,7 +85,8 @@ def read_quads(path: str | Path, vocab: Vocab | None = None) -> list[Quad]:
     """Lines of ``sp tp pg p``; a malformed line stops with ``FILE:LINE: what is wrong``."""
     vocab = vocab or Vocab()
     quads = []
-    for n, text in _lines(path):
+    rows, path = _lines(path), _shown(path)
+    for n, text in rows:
         words = text.split()
         if len(words) != 4:
             raise DataError(f"{path}:{n}: expected 4 words (sp tp pg p), found {len(words)}")
@@ -90,7 +102,7 @@ def read_conversions(
     """A conversion file: ``source target`` lines whose tenses are given by ``conditions``
     (the lab's ten by default), or ``source target src tgt`` lines that name their own."""
     vocab = vocab or Vocab()
-    rows = _lines(path)
+    rows, path = _lines(path), _shown(path)
     out = []
     for k, (n, text) in enumerate(rows):
         words = text.split()
@@ -123,7 +135,8 @@ def read_requests(
     one by one, so that one bad word never stops a bulk job; a line with another number of
     fields is still an error of the file."""
     out = []
-    for n, text in _lines(path):
+    rows, path = _lines(path), _shown(path)
+    for n, text in rows:
         parts = text.split()
         if len(parts) == 1 and src is not None and tgt is not None:
             parts = [parts[0], src, tgt]

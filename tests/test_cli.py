@@ -271,6 +271,27 @@ def test_a_bulk_job_of_words_alone_takes_from_and_to(tmp_path):
     ]
 
 
+def test_a_bulk_job_from_standard_input_to_standard_output(tmp_path):
+    """`--input -` reads the lines from standard input; with `--output -` standard output
+    holds the rows alone and what became of the job goes to standard error."""
+    p = tv("convert", "--input", "-", "--from", "sp", "--to", "p", "--output", "-", "--wait",
+           home=tmp_path, check=0, stdin="walk\nsing sp pg\n")  # fmt: skip
+    assert p.stdout.splitlines() == [
+        "line,word,src,tgt,output,error",
+        "1,walk,sp,p,walked,",
+        "2,sing,sp,pg,singing,",
+    ]
+    assert "job 1 queued (convert)" in p.stderr and "2 converted, 0 refused" in p.stderr
+    line = one_line_error(tv("convert", "--input", "-", home=tmp_path, stdin="walk\n"))
+    assert line.startswith("tensevae: stdin:1: expected 'word from to', found 1 field")
+    assert "stdin: the file is empty" in one_line_error(
+        tv("convert", "--input", "-", home=tmp_path, stdin="")
+    )
+    p = tv("evaluate", "--verbs", "-", "--samples", "0", "--draws", "0", "--wait", home=tmp_path,
+           check=0, stdin="walk walks walking walked\n")  # fmt: skip
+    assert "exact match on stdin: mean 1.0000" in p.stdout
+
+
 def test_ctrl_c_on_a_job_this_process_runs_cancels_it(tmp_path):
     """With no worker listening, `--wait` runs the job in the command's process: Ctrl-C
     there ends the process, so the job is recorded cancelled, not left running."""

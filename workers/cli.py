@@ -18,8 +18,14 @@ class UserError(Exception):
     """A mistake the user can fix: printed as one line, exit code 2."""
 
 
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+def _print_json(data: Any, file=None) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str), file=file)
+
+
+def _status_stream(args):
+    """Where a job command tells what became of its job: standard output, unless the job's
+    rows go there (``--output -``), which then keeps them alone."""
+    return sys.stderr if getattr(args, "output", None) == "-" else sys.stdout
 
 
 def _err(message: str) -> None:
@@ -104,9 +110,9 @@ def _submit(kind: str, params: dict[str, Any], args) -> int:
     job_id = submit(kind, params, queue=args.queue)
     if not args.json or not args.wait:
         if args.json:
-            _print_json({"job_id": job_id, "state": "queued"})
+            _print_json({"job_id": job_id, "state": "queued"}, _status_stream(args))
         else:
-            print(f"job {job_id} queued ({kind})", flush=True)
+            print(f"job {job_id} queued ({kind})", file=_status_stream(args), flush=True)
     return job_id
 
 
@@ -183,6 +189,7 @@ def _wait(job_id: int, quiet: bool) -> dict[str, Any]:
 
 
 def _finish(job: dict[str, Any], args, show) -> int:
+    out = _status_stream(args)
     if args.json:
         _print_json(
             {
@@ -190,12 +197,16 @@ def _finish(job: dict[str, Any], args, show) -> int:
                 "state": job["state"],
                 "error": job["error"],
                 **(job.get("result") or {}),
-            }
+            },
+            out,
         )
     elif job["state"] == "succeeded":
         show(job)
     else:
-        print(f"job {job['id']} {job['state']}" + (f": {job['error']}" if job["error"] else ""))
+        print(
+            f"job {job['id']} {job['state']}" + (f": {job['error']}" if job["error"] else ""),
+            file=out,
+        )
     return 0 if job["state"] == "succeeded" else 1
 
 
@@ -449,7 +460,8 @@ def _bulk_convert(args) -> int:
         args,
         lambda j: print(
             f"job {j['id']} succeeded: {j['result']['converted']} converted, {j['result']['refused']} refused"
-            + (f"; written to {args.output}" if args.output else "")
+            + (f"; written to {args.output}" if args.output not in (None, "-") else ""),
+            file=_status_stream(args),
         ),
     )
 
@@ -501,7 +513,7 @@ def cmd_evaluate(args) -> int:
         from pipeline.data import read_quads
 
         params["verbs"] = [list(q) for q in read_quads(args.verbs)]
-        params["verbs_name"] = Path(args.verbs).name
+        params["verbs_name"] = "stdin" if args.verbs == "-" else Path(args.verbs).name
     job_id = _submit("evaluate", params, args)
     if not args.wait:
         return 0
@@ -886,7 +898,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--input",
         help="a file of 'word from to' lines (with --from and --to, also lines of a word "
-        "alone): submits a bulk job",
+        "alone), - for standard input: submits a bulk job",
     )
     p.add_argument("--output", help="with --wait: write the conversions here (.csv or .json)")
     p.add_argument("--format", choices=["csv", "json"])
@@ -920,7 +932,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="submit an evaluation job")
     p.add_argument(
-        "--verbs", help="a quadruple file (sp tp pg p per line) to score all 12 directions on"
+        "--verbs",
+        help="a quadruple file (sp tp pg p per line; - for standard input) to score all 12 "
+        "directions on",
     )
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--draws", type=int, default=20)
