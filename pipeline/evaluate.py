@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,23 @@ def _indices(tenses: str | Sequence[str], n: int) -> list[int]:
     return [tense_index(t) for t in tenses]
 
 
+METHODS = ("greedy", "beam", "roundtrip")  # how convert decodes; generation: the first two
+
+
+def _whole(x: Any) -> bool:
+    """An int, numpy's included, but not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _check_decoding(method: str, beam_width: int, methods: Sequence[str]) -> None:
+    """A ValueError, before any decoding, for a method not in ``methods`` or a beam width
+    that is not a whole number of 1 or more."""
+    if method not in methods:
+        raise ValueError(f"unknown decoding method {method!r} ({', '.join(methods)})")
+    if method != "greedy" and not (_whole(beam_width) and beam_width >= 1):
+        raise ValueError(f"beam_width must be a whole number, 1 or more, not {beam_width!r}")
+
+
 @torch.no_grad()
 def convert(
     model: TenseCVAE,
@@ -85,6 +103,7 @@ def convert(
     back to the word). A bf16 or int8
     form of a model (pipeline.precision) converts greedily from the posterior mean, and gives
     every word that came close to a tie to its fp32 original: its output is fp32's."""
+    _check_decoding(method, beam_width, METHODS)
     words = check_words(model, words)
     s, t = _indices(src, len(words)), _indices(tgt, len(words))
     reference = getattr(model, "reference", None)
@@ -272,6 +291,7 @@ def decode_latents(
         raise ValueError(
             f"a {model.precision} model converts words only; generate with its fp32 original"
         )
+    _check_decoding(method, beam_width, METHODS[:2])
     if joint and anchored:
         raise ValueError("joint and anchored generation are two procedures: choose one")
     if joint and not (method == "beam" and 2 <= beam_width <= JOINT_MAX_WIDTH):
@@ -385,8 +405,8 @@ def generate(
     character at each step; ``joint``: the four forms chosen together among beam search's
     candidates; ``anchored``: the simple present from z, the rest converted from it (see
     decode_latents)."""
-    if n < 1:
-        raise ValueError("generate needs n >= 1")
+    if not _whole(n) or n < 1:
+        raise ValueError(f"generate needs a whole number n of 1 or more, not {n!r}")
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, model.config.latent_size, generator=g)
     return decode_latents(

@@ -62,6 +62,8 @@ class Vocab:
     def check_all(self, words: Sequence[str], max_length: int) -> list[str]:
         """Words folded to lower case; WordError names the first that cannot be read, or
         that a decoder of ``max_length`` steps has no room to write in another form."""
+        if isinstance(words, str):  # it would be read as a list of one-letter words
+            raise TypeError(f"words are a list of words, not one string: give [{words!r}]")
         limit = max_word_length(max_length)
         out = []
         for w in words:

@@ -113,6 +113,8 @@ def test_words_are_checked_as_torch_checks_them(shipped):
     with pytest.raises(WordError, match="longer than"):
         lite.convert(model, ["a" * 60], "sp", "p")
     assert lite.convert(model, [], "sp", "p") == ([], [])
+    with pytest.raises(TypeError, match=r"not one string: give \['walk'\]"):
+        lite.convert(model, "walk", "sp", "p")  # would be four one-letter words
 
 
 def test_damaged_or_unsupported_folders(tmp_path, shipped):

@@ -510,6 +510,43 @@ def test_greedy_dropping_finished_rows_matches_decoding_each_row_alone():
     assert len({len(w) for w in together}) > 3  # rows did finish at different steps
 
 
+@pytest.mark.parametrize(
+    ("words", "kw", "error", "needle"),
+    [
+        ("walk", {}, TypeError, r"not one string: give \['walk'\]"),
+        (["walk"], {"method": "sampled"}, ValueError, r"'sampled' \(greedy, beam, roundtrip\)"),
+        (["walk"], {"method": "beam", "beam_width": 0}, ValueError, "1 or more, not 0"),
+        (["walk"], {"method": "roundtrip", "beam_width": 2.5}, ValueError, "not 2.5"),
+        (["walk"], {"method": "beam", "beam_width": True}, ValueError, "not True"),
+    ],
+)
+def test_convert_refuses_what_it_cannot_decode_before_decoding(words, kw, error, needle):
+    """A string for a list would be read as one-letter words; an unknown method or a beam
+    width of 0 failed deep in decoding, if at all."""
+    from pipeline.artifacts import load_pretrained
+    from pipeline.evaluate import convert
+
+    with pytest.raises(error, match=needle):
+        convert(load_pretrained(), words, "sp", "p", **kw)
+
+
+@pytest.mark.parametrize(
+    ("n", "kw", "needle"),
+    [
+        (2.5, {}, "whole number n of 1 or more, not 2.5"),
+        (0, {}, "not 0"),
+        (2, {"method": "roundtrip"}, r"'roundtrip' \(greedy, beam\)"),
+        (2, {"method": "beam", "beam_width": 0}, "1 or more, not 0"),
+    ],
+)
+def test_generate_refuses_what_it_cannot_decode_before_decoding(n, kw, needle):
+    from pipeline.artifacts import load_pretrained
+    from pipeline.evaluate import generate
+
+    with pytest.raises(ValueError, match=needle):
+        generate(load_pretrained(), n, **kw)
+
+
 def test_a_model_with_a_latent_memory_saves_and_loads_whole():
     import pytest
 
