@@ -96,6 +96,11 @@ def to_bytes(model: TenseCVAE, extra: dict[str, Any] | None = None) -> bytes:
 
 
 def from_bytes(data: bytes, what: str = "model bytes") -> TenseCVAE:
+    return _from_bytes(data, what)[0]
+
+
+def _from_bytes(data: bytes, what: str) -> tuple[TenseCVAE, dict[str, Any]]:
+    """The model of to_bytes' blob, and the metadata it carries."""
     tensors, metadata = _unpack(data, what)
     try:
         meta = json.loads(metadata["tensevae"])
@@ -103,7 +108,18 @@ def from_bytes(data: bytes, what: str = "model bytes") -> TenseCVAE:
         raise ModelLoadError(f"{what}: no tensevae config in the metadata") from None
     model = _load_weights(_build(meta, what), tensors, what)
     _verify(meta, tensors, what)
-    return model
+    return model, meta
+
+
+def bytes_to_folder(
+    data: bytes, folder: str | Path, what: str = "model bytes", extra: dict[str, Any] | None = None
+) -> Path:
+    """A model stored as bytes (to_bytes, as the database keeps it) written as a folder
+    (save), with what its bytes carried beside the weights (its training config, its job)
+    and ``extra``; checked as any load is before anything is written."""
+    model, meta = _from_bytes(data, what)
+    carried = {k: v for k, v in meta.items() if k not in ("format", "model", "vocab", "digest")}
+    return save(model, folder, {**carried, **(extra or {})})
 
 
 def sha256(data: bytes) -> str:

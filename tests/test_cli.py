@@ -416,6 +416,20 @@ def test_train_through_the_queue_writes_scores_and_curves(tmp_path):
         tv("results", "--json", "--best-by", "bleu4", home=tmp_path, check=0).stdout
     )
     assert models[0]["job_id"] == 1 and "bleu4" in models[0]["scores"]
+    # the model out of the database as a folder, converting as its database id does
+    folder = tmp_path / "exported"
+    assert tv("export", "1", str(folder), home=tmp_path, check=0).stdout.strip() == str(folder)
+    by_id = tv("convert", "walk", "sing", "--from", "sp", "--to", "p", "--model", "1",
+               home=tmp_path, check=0).stdout  # fmt: skip
+    by_folder = tv("convert", "walk", "sing", "--from", "sp", "--to", "p", "--model",
+                   str(folder), home=tmp_path, check=0).stdout  # fmt: skip
+    assert by_folder == by_id and len(by_id.split()) == 2
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["exported_from"]["model_id"] == 1 and meta["config"]["name"] == "tiny"
+    assert "already holds a model" in one_line_error(tv("export", "1", str(folder), home=tmp_path))
+    assert one_line_error(tv("export", "9", str(tmp_path / "m9"), home=tmp_path)).endswith(
+        "no model 9"
+    )
     header, row = tv("results", home=tmp_path, check=0).stdout.splitlines()
     assert header.split()[-2:] == ["joint", "exact"] and "-" not in row.split()  # every score
     line = one_line_error(tv("results", "--best-by", "gaussian", home=tmp_path))

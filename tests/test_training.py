@@ -236,6 +236,15 @@ def test_model_round_trips_through_bytes_and_folder(tiny_run, tmp_path):
     folder = pipeline.save(model, tmp_path / "m")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     assert pipeline.convert(pipeline.load(folder), words, "sp", "p") == expected
+    # bytes as the database keeps them, written as a folder with what they carried
+    blob = pipeline.to_bytes(model, {"job_id": 7})
+    out = artifacts.bytes_to_folder(blob, tmp_path / "x", extra={"note": "n"})
+    assert pipeline.convert(pipeline.load(out), words, "sp", "p") == expected
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["job_id"] == 7 and meta["note"] == "n"
+    with pytest.raises(ModelLoadError):
+        artifacts.bytes_to_folder(blob[:-9], tmp_path / "damaged")
+    assert not (tmp_path / "damaged").exists()  # checked before anything is written
 
 
 def test_damaged_models_fail_with_one_line(tiny_run, tmp_path):

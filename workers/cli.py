@@ -808,6 +808,43 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """A model of the database written as a folder: what `--model FOLDER`, the numpy engine
+    and `pipeline.load` read, on any machine."""
+    from db.models import Model
+    from db.session import session
+    from pipeline import artifacts, modelfile
+
+    folder = Path(args.folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: a file is in the way of the model folder")
+    for name in (modelfile.CONFIG_FILE, modelfile.WEIGHTS_FILE):
+        if (folder / name).exists():
+            raise UserError(f"{folder} already holds a model ({name}): give a new folder")
+    _ensure_db()
+    with session() as s:
+        row = s.get(Model, args.id)
+        if row is None:
+            raise UserError(f"no model {args.id}")
+        data, sha, name, job_id = row.weights, row.sha256, row.name, row.job_id
+        scores = [
+            {"name": sc.name, "value": sc.value, "spread": sc.spread, "dataset": sc.dataset,
+             "job_id": sc.job_id}
+            for sc in sorted(row.scores, key=lambda sc: sc.id)
+        ]  # fmt: skip
+    if artifacts.sha256(data) != sha:
+        raise UserError(f"model {args.id}: its weights do not match their sha256")
+    source = {"model_id": args.id, "name": name, "job_id": job_id, "sha256": sha}
+    try:
+        artifacts.bytes_to_folder(
+            data, folder, f"model {args.id}", {"exported_from": source, "database_scores": scores}
+        )
+    except OSError as e:
+        raise UserError(f"cannot write {folder}: {e.strerror or e}") from None
+    print(folder)
+    return 0
+
+
 def cmd_check_data(args) -> int:
     from pipeline.datacheck import check_quads
 
@@ -1036,6 +1073,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=int)
     p.add_argument("--output")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser(
+        "export", help="write a model of the database as a folder (config.json, weights)"
+    )
+    p.add_argument("id", type=int, help="the model's id (tensevae results)")
+    p.add_argument("folder", help="a new folder; --model FOLDER and pipeline.load read it")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("check-data", help="report suspicious lines of a quadruple file")
     p.add_argument("file")
