@@ -61,14 +61,28 @@ def list_jobs(
         return [job_dict(j) for j in s.scalars(q)]
 
 
+# Scores named alone; a score on another dataset (evaluate --verbs FILE) is NAME@FILE, so
+# that it never stands in for the same score on test.txt.
+OWN_DATASETS = ("test.txt", "held-out verbs")
+
+
+def score_key(name: str, dataset: str) -> str:
+    return name if dataset in OWN_DATASETS else f"{name}@{dataset}"
+
+
 def models_with_scores(best_by: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-    """Trained models with their scores on test.txt; ``best_by`` (a score name) sorts."""
+    """Trained models with their scores (on test.txt, on the verbs their training held out,
+    and as NAME@FILE on other files), the latest of each; ``best_by`` (a key) sorts."""
     with session() as s:
         models = list(s.scalars(select(Model).order_by(Model.id.desc())))
         out = []
         for m in models:
             scores = {
-                sc.name: {"value": sc.value, "spread": sc.spread, "dataset": sc.dataset}
+                score_key(sc.name, sc.dataset): {
+                    "value": sc.value,
+                    "spread": sc.spread,
+                    "dataset": sc.dataset,
+                }
                 for sc in s.scalars(select(Score).where(Score.model_id == m.id).order_by(Score.id))
             }
             out.append(
@@ -90,9 +104,12 @@ def models_with_scores(best_by: str | None = None, limit: int = 20) -> list[dict
 
 
 def score_names() -> list[str]:
-    """Every score name some model has, sorted."""
+    """Every score key (score_key) some model has, sorted."""
     with session() as s:
-        return sorted(s.scalars(select(Score.name).where(Score.model_id.is_not(None)).distinct()))
+        rows = s.execute(
+            select(Score.name, Score.dataset).where(Score.model_id.is_not(None)).distinct()
+        )
+        return sorted({score_key(name, dataset) for name, dataset in rows})
 
 
 def job_scores(job_id: int) -> list[dict[str, Any]]:

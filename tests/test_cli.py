@@ -431,7 +431,16 @@ def test_train_through_the_queue_writes_scores_and_curves(tmp_path):
         "no model 9"
     )
     header, row = tv("results", home=tmp_path, check=0).stdout.splitlines()
-    assert header.split()[-2:] == ["joint", "exact"] and "-" not in row.split()  # every score
+    assert header.split()[-3:] == ["joint", "exact", "unseen"] and "-" not in row.split()
+    # a score on another file keeps its own key and never stands in for test.txt's
+    verbs = tmp_path / "verbs.txt"
+    verbs.write_text("walk walks walking walked\n")
+    tv("evaluate", "--model", "1", "--verbs", str(verbs), "--samples", "0", "--draws", "0",
+       "--wait", home=tmp_path, check=0)  # fmt: skip
+    scores = json.loads(tv("results", "--json", home=tmp_path, check=0).stdout)[0]["scores"]
+    assert scores["exact_match:mean"]["dataset"] == "test.txt"
+    assert scores["exact_match:mean@verbs.txt"]["dataset"] == "verbs.txt"
+    assert scores["unseen_exact:sp_mean"]["dataset"] == "held-out verbs"
     line = one_line_error(tv("results", "--best-by", "gaussian", home=tmp_path))
     assert "no model has a score named 'gaussian'" in line and "gaussian_score," in line
     gen = json.loads(

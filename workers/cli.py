@@ -649,7 +649,7 @@ def cmd_results(args) -> int:
         return 0
     print(
         f"{'model':>5} {'job':>5} {'name':<24} {'bleu4':>7} {'bleu4~z':>15} {'gaussian':>15} "
-        f"{'joint':>15} {'exact':>6}"
+        f"{'joint':>15} {'exact':>6} {'unseen':>6}"
     )
     for m in models:
         s = m["scores"]
@@ -665,7 +665,8 @@ def cmd_results(args) -> int:
         print(
             f"{m['id']:>5} {m['job_id'] or '-':>5} {m['name'][:24]:<24} {fig('bleu4'):>7} "
             f"{fig('bleu4_sampled'):>15} {fig('gaussian_score'):>15} "
-            f"{fig(_joint_score_name(s)):>15} {fig('exact_match:mean'):>6}"
+            f"{fig(_joint_score_name(s)):>15} {fig('exact_match:mean'):>6} "
+            f"{fig('unseen_exact:sp_mean'):>6}"
         )
     return 0
 
@@ -1029,7 +1030,11 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("results", help="models and their scores, or one job's results")
     p.add_argument("--job", type=int, help="a job's conversions, generated words or scores")
-    p.add_argument("--best-by", help="sort models by this score (bleu4, gaussian_score, ...)")
+    p.add_argument(
+        "--best-by",
+        help="sort models by this score (bleu4, gaussian_score, unseen_exact:sp_mean, ...; "
+        "NAME@FILE for a score on another file)",
+    )
     p.add_argument("--limit", type=_at_least_one, default=20)
     p.add_argument("--output", help="write a job's rows to this file")
     p.add_argument("--format", choices=["csv", "json"])
