@@ -7,9 +7,11 @@ This is how the shipped model is made:
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,15 +23,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
 
-    from . import artifacts, evaluate, load_config, train
     from .errors import TenseVAEError
-    from .plots import plot_history
 
     try:
-        config = load_config(args.config, args.set)
+        return _train(args)
     except TenseVAEError as e:
         print(f"python -m pipeline: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the model folder could not be made or written
+        print(f"python -m pipeline: {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 2
+
+
+def _train(args) -> int:
+    from . import artifacts, evaluate, load_config, train
+    from .plots import plot_history
+    from .training import resolve_device
+
+    config = load_config(args.config, args.set)
+    resolve_device(config.train.device)  # no CUDA where the config asks for it: say so now
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(errno.EEXIST, "a file is in the way of the model folder")
+    out.mkdir(parents=True, exist_ok=True)  # before the training, not after it
     start = time.perf_counter()
 
     def report(rep):

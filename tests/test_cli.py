@@ -479,3 +479,53 @@ def test_train_no_joint_asks_the_job_for_greedy_scoring_only(tmp_path):
     tv("train", "--config", "tiny", home=tmp_path, check=0)
     jobs = [json.loads(tv("jobs", str(i), "--json", home=tmp_path, check=0).stdout) for i in (1, 2)]
     assert [j["params"]["gaussian_joint"] for j in jobs] == [False, True]
+
+
+def _pipeline_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def test_the_shipping_command_writes_a_model_folder(tmp_path):
+    """`python -m pipeline train CONFIG --out FOLDER`, the command that made the shipped
+    model, on the tiny config."""
+    import pipeline
+
+    out = tmp_path / "model"
+    p = _pipeline_cli("train", "tiny", "--out", str(out), "--set", "train.epochs=1",
+                      "--set", "train.max_lines=100")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert sorted(f.name for f in out.iterdir()) == [
+        "config.json", "curves.png", "history.json", "model.safetensors"
+    ]  # fmt: skip
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["config"]["name"] == "tiny" and "bleu4" in meta["scores"]
+    assert json.loads(p.stdout[p.stdout.index("{") :])["bleu4"] == meta["scores"]["bleu4"]
+    assert len(pipeline.convert(pipeline.load(out), ["walk"], "sp", "p")) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["train", "nope", "--out", "{tmp}/m"], "nope: no such config file"),
+        (["train", "tiny", "--out", "{tmp}/file"], "a file is in the way of the model folder"),
+        (["train", "tiny", "--out", "{tmp}/m", "--set", "train.epoch=2"], "train.epochs?"),
+        (["train", "tiny", "--out", "{tmp}/m", "--set", "train.device=cuda"], "no CUDA device"),
+    ],
+)
+def test_the_shipping_command_refuses_before_training(tmp_path, args, needle):
+    import torch
+
+    if "train.device=cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    (tmp_path / "file").write_text("")
+    p = _pipeline_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.startswith("python -m pipeline: ") and needle in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "epoch" not in p.stdout
