@@ -39,6 +39,12 @@ def one_line_error(p):
     return lines[0]
 
 
+def test_version(tmp_path):
+    from importlib.metadata import version
+
+    assert tv("--version", home=tmp_path, check=0).stdout == f"tensevae {version('tensevae')}\n"
+
+
 def test_one_off_conversion_with_the_shipped_model(tmp_path):
     p = tv(
         "convert",

@@ -903,8 +903,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"tensevae: {message} (see {self.prog} --help)\n")
 
 
+class _Version(argparse.Action):
+    """--version: tensevae's version, read only when asked (the one-off path stays quick)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kwargs):
+        kwargs.setdefault("help", "print tensevae's version and exit")
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("tensevae")
+        except PackageNotFoundError:
+            number = "(not installed: run ./scripts/setup)"
+        print(f"tensevae {number}")
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="tensevae", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action=_Version)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="submit a training job")
