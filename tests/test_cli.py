@@ -39,6 +39,16 @@ def one_line_error(p):
     return lines[0]
 
 
+def test_score_names_in_short():
+    from workers.cli import _names_in_short
+
+    names = ["bleu4", "exact_match:mean", "exact_match:p->sp", "exact_match:sp->p",
+             "exact_match:p->sp@v.txt", "unseen_exact:sp_mean", "unseen_exact:tp->p"]  # fmt: skip
+    assert _names_in_short(names) == (
+        "bleu4, exact_match:{mean, sp->p..., sp->p...@v.txt}, unseen_exact:{sp_mean, sp->p...}"
+    )
+
+
 def test_version(tmp_path):
     from importlib.metadata import version
 

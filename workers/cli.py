@@ -642,7 +642,9 @@ def cmd_results(args) -> int:
                 print("  ".join(str(v) for v in r.values()))
         return 0
     if args.best_by and args.best_by not in (names := queries.score_names()) and names:
-        raise UserError(f"no model has a score named {args.best_by!r}; scores: {', '.join(names)}")
+        raise UserError(
+            f"no model has a score named {args.best_by!r}; scores: {_names_in_short(names)}"
+        )
     models = queries.models_with_scores(args.best_by, args.limit)
     if args.json:
         _print_json(models)
@@ -669,6 +671,26 @@ def cmd_results(args) -> int:
             f"{fig('unseen_exact:sp_mean'):>6}"
         )
     return 0
+
+
+def _names_in_short(names: list[str]) -> str:
+    """Score names for one line: a family's directions (exact_match:sp->p, ...) as one
+    'exact_match:{mean, sp->p...}', those on another file as 'sp->p...@FILE'."""
+    plain, families = [], {}
+    for name in names:
+        family, sep, rest = name.partition(":")
+        if not sep:
+            plain.append(name)
+            continue
+        rests = families.setdefault(family, [])
+        at = rest[rest.index("@") :] if "@" in rest else ""
+        shown = f"sp->p...{at}" if "->" in rest else rest
+        if shown not in rests:
+            rests.append(shown)
+    grouped = [
+        f"{f}:{{{', '.join(sorted(r, key=lambda x: '->' in x))}}}" for f, r in families.items()
+    ]
+    return ", ".join(plain + grouped)
 
 
 def _joint_score_name(scores: dict[str, Any]) -> str:
