@@ -308,6 +308,19 @@ def test_a_bulk_job_from_standard_input_to_standard_output(tmp_path):
     assert "exact match on stdin: mean 1.0000" in p.stdout
 
 
+def test_following_a_job_again(tmp_path):
+    """`jobs ID --wait` follows a job submitted without --wait (or left by Ctrl-C) to its
+    end and prints its result as the submitting command would; a queued job with no worker
+    listening runs here, a finished one is shown at once."""
+    tv("generate", "-n", "2", home=tmp_path, check=0)
+    p = tv("jobs", "1", "--wait", home=tmp_path, check=0)
+    assert p.stdout.startswith("job 1 succeeded: 2 verbs")
+    assert "no worker is listening: running the job in this process" in p.stderr
+    again = tv("jobs", "1", "--wait", "--json", home=tmp_path, check=0)
+    assert again.stderr == "" and json.loads(again.stdout)["state"] == "succeeded"
+    assert "give its id" in one_line_error(tv("jobs", "--wait", home=tmp_path))
+
+
 def test_ctrl_c_on_a_job_this_process_runs_cancels_it(tmp_path):
     """With no worker listening, `--wait` runs the job in the command's process: Ctrl-C
     there ends the process, so the job is recorded cancelled, not left running."""

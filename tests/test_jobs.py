@@ -276,6 +276,7 @@ def test_ctrl_c_stops_following_a_job_a_worker_runs_not_the_job(backend):
     job_id = jobs[0]["id"]
     assert cli.returncode == 130, err
     assert f"stopped following job {job_id}, which stays running" in err
+    assert f"`tensevae jobs {job_id} --wait` follows it again" in err
     time.sleep(1)
     assert "w1" in wait_for(job_id, states=("running",), timeout=1)["worker"]
     assert cancel(job_id) == "running"

@@ -142,12 +142,14 @@ def _run_here_if_nobody_listens(job_id: int, queue: str):
     return thread
 
 
-def _wait(job_id: int, quiet: bool) -> dict[str, Any]:
+def _wait(job_id: int, quiet: bool, run_here: bool = True) -> dict[str, Any]:
+    """Follow a job to its end, printing its progress; with ``run_here``, run it in this
+    process where no worker listens (the no-server default)."""
     from db.queries import get_job
     from workers.jobs import cancel
 
     queue = get_job(job_id, full=False)["queue"]
-    thread = _run_here_if_nobody_listens(job_id, queue)
+    thread = _run_here_if_nobody_listens(job_id, queue) if run_here else None
     if thread is None and not quiet:
         print(
             f"waiting for a worker on queue {queue!r}",
@@ -176,7 +178,7 @@ def _wait(job_id: int, quiet: bool) -> dict[str, Any]:
             state = get_job(job_id, full=False)["state"]
             print(
                 f"\nstopped following job {job_id}, which stays {state}: `tensevae jobs "
-                f"{job_id}` shows it, `tensevae cancel {job_id}` stops it",
+                f"{job_id} --wait` follows it again, `tensevae cancel {job_id}` stops it",
                 file=sys.stderr,
                 flush=True,
             )
@@ -458,11 +460,7 @@ def _bulk_convert(args) -> int:
     return _finish(
         job,
         args,
-        lambda j: print(
-            f"job {j['id']} succeeded: {j['result']['converted']} converted, {j['result']['refused']} refused"
-            + (f"; written to {args.output}" if args.output not in (None, "-") else ""),
-            file=_status_stream(args),
-        ),
+        lambda j: _show_converted(j, args.output, _status_stream(args)),
     )
 
 
@@ -568,37 +566,54 @@ def cmd_generate(args) -> int:
     job_id = _submit("generate", params, args)
     if not args.wait:
         return 0
+    return _finish(_wait(job_id, args.json), args, _show_generated)
 
-    def show(job):
-        from db.queries import generated
 
-        r = job["result"]
-        how = ""
-        if r.get("anchored"):
-            how = " (anchored: sp from the noise, the rest converted from it)"
-        elif r.get("joint"):
-            how = " (joint: the four forms chosen together among beam search's candidates)"
+def _show_generated(job: dict[str, Any]) -> None:
+    from db.queries import generated
+
+    r = job["result"]
+    how = ""
+    if r.get("anchored"):
+        how = " (anchored: sp from the noise, the rest converted from it)"
+    elif r.get("joint"):
+        how = " (joint: the four forms chosen together among beam search's candidates)"
+    print(
+        f"job {job['id']} succeeded: {r['n']} verbs{how}, {r['gaussian_score']:.2f} match "
+        f"train.txt ({r['distinct_verbs']} distinct)"
+    )
+    for g in generated(job["id"]):
         print(
-            f"job {job['id']} succeeded: {r['n']} verbs{how}, {r['gaussian_score']:.2f} match "
-            f"train.txt ({r['distinct_verbs']} distinct)"
+            f"  {g['sp']} {g['tp']} {g['pg']} {g['p']}"
+            + ("" if g["in_train"] else "   (not in train.txt)")
         )
-        for g in generated(job["id"]):
-            print(
-                f"  {g['sp']} {g['tp']} {g['pg']} {g['p']}"
-                + ("" if g["in_train"] else "   (not in train.txt)")
-            )
 
-    return _finish(_wait(job_id, args.json), args, show)
+
+def _show_converted(job: dict[str, Any], output: str | None = None, out=None) -> None:
+    r = job["result"]
+    print(
+        f"job {job['id']} succeeded: {r['converted']} converted, {r['refused']} refused"
+        + (f"; written to {output}" if output not in (None, "-") else ""),
+        file=out,
+    )
 
 
 def cmd_jobs(args) -> int:
     from db.queries import get_job, list_jobs
+    from db.states import FINAL_STATES
 
     _ensure_db()
+    if args.wait and args.id is None:
+        raise UserError("--wait follows one job: give its id")
     if args.id is not None:
         job = get_job(args.id)
         if job is None:
             raise UserError(f"no job {args.id}")
+        if args.wait:  # follow it to its end, as the command that submitted it would have
+            if job["state"] not in FINAL_STATES:  # a queued one runs here if no one listens
+                job = _wait(args.id, args.json, run_here=job["state"] == "queued")
+            shows = {"generate": _show_generated, "convert": _show_converted}
+            return _finish(job, args, shows.get(job["kind"], _show_scores))
         if args.json:
             _print_json(job)
         else:
@@ -1065,6 +1080,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("id", nargs="?", type=int)
     p.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
     p.add_argument("--kind", choices=JOB_KINDS, help="only jobs of this kind")
+    p.add_argument(
+        "--wait", action="store_true", help="with an id: follow the job to its end, with its result"
+    )
     p.add_argument("--limit", type=_at_least_one, default=20)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_jobs)
