@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -48,8 +49,6 @@ def _lines(path: str | Path) -> list[tuple[int, str]]:
     """(line number, stripped text) of the non-blank lines; errors name the file. ``-`` is
     standard input (named ``stdin`` in errors)."""
     if str(path) == "-":
-        import sys
-
         p, raw = _shown(path), sys.stdin.buffer.read()
     else:
         p = Path(path)
@@ -135,17 +134,17 @@ def read_requests(
     one by one, so that one bad word never stops a bulk job; a line with another number of
     fields is still an error of the file."""
     out = []
+    alone = src is not None and tgt is not None  # may a line hold the word alone
+    expected = "'word' or 'word from to'" if alone else "'word from to'"
     rows, path = _lines(path), _shown(path)
     for n, text in rows:
         parts = text.split()
-        if len(parts) == 1 and src is not None and tgt is not None:
+        if len(parts) == 1 and alone:
             parts = [parts[0], src, tgt]
         if len(parts) != 3:
             found = f"found {len(parts)} field{'s' if len(parts) != 1 else ''}"
-            if src is None or tgt is None:
-                hint = " (words alone, one a line, need --from and --to)" if len(parts) == 1 else ""
-                raise DataError(f"{path}:{n}: expected 'word from to', {found}{hint}")
-            raise DataError(f"{path}:{n}: expected 'word' or 'word from to', {found}")
+            hint = " (words alone, one a line, need --from and --to)" if len(parts) == 1 else ""
+            raise DataError(f"{path}:{n}: expected {expected}, {found}{hint}")
         out.append((n, parts[0], parts[1], parts[2]))
     return out
 
