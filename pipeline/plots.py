@@ -23,7 +23,20 @@ def check_format(path: str | Path) -> None:
 
 
 def plot_history(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """One panel per recorded figure (loss, recon, kl, beta, teacher_forcing, bleu4, ...)."""
+    """One panel per recorded figure (loss, recon, kl, beta, teacher_forcing, bleu4, ...),
+    written to ``path`` in the format its suffix names (PNG without one)."""
+    check_format(path)
+    path = Path(path)
+    image = render_history(history, path.suffix.lower().lstrip(".") or "png", title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(image)
+    return path
+
+
+def render_history(history: Sequence[dict[str, Any]], fmt: str = "png", title: str = "") -> bytes:
+    """plot_history's figure as the bytes of a PNG, PDF or SVG file."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,7 +44,8 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path, title: str
 
     if not history:
         raise ValueError("no epoch figures to plot")
-    check_format(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"curves are written as {', '.join(FORMATS)}, not {fmt!r}")
     names = [k for k in history[0] if k not in SKIP]
     for h in history:
         names += [k for k in h if k not in SKIP and k not in names]
@@ -51,8 +65,7 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path, title: str
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90, format=path.suffix.lower().lstrip(".") or "png")
+    out = io.BytesIO()
+    fig.savefig(out, dpi=90, format=fmt)
     plt.close(fig)
-    return path
+    return out.getvalue()

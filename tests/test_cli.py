@@ -39,6 +39,27 @@ def one_line_error(p):
     return lines[0]
 
 
+def test_every_command_and_argument_says_what_it_is_and_its_examples_parse():
+    import argparse
+    import shlex
+
+    from workers.cli import parser
+
+    ap = parser()
+    (commands,) = [a for a in ap._actions if isinstance(a, argparse._SubParsersAction)]
+    assert len(commands.choices) >= 13
+    for name, p in commands.choices.items():
+        assert p.description and p.epilog.startswith("examples:"), name
+        for action in p._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+        for line in p.epilog.splitlines()[1:]:
+            words = shlex.split(line)
+            assert words[:2] == ["tensevae", name], line
+            end = next((i for i, w in enumerate(words) if w in ("&&", "<", ">")), len(words))
+            ap.parse_args(words[1:end])  # an example that does not parse exits 2 here
+
+
 def test_score_names_in_short():
     from workers.cli import _names_in_short
 
@@ -169,6 +190,9 @@ def test_one_off_conversion_imports_no_job_system(engine, unused):
         (["plot", "1", "--output", "/no/such/x.png"], "no folder"),
         (["plot", "1", "--output", "curves.txt"], "curves are written as .png, .pdf, .svg"),
         (["train", "--wait", "--plot", "curves.jpg"], "not .jpg"),
+        (["train", "--wait", "--plot", "-"], "--plot -: the job's result goes to standard output"),
+        (["results", "--output", "models.csv"], "--output writes a job's rows: add --job ID"),
+        (["results", "--format", "json"], "--format writes a job's rows: add --job ID"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
@@ -245,6 +269,22 @@ def test_a_database_setting_that_cannot_be_used_is_one_line(tmp_path, setting, v
         env["TENSEVAE_DATABASE_URL"] = "postgresql://nobody@127.0.0.1:1/none"
     line = one_line_error(tv("jobs", home=tmp_path, env=env))
     assert setting in line and needle in line and "s3cret" not in line
+
+
+def test_plot_writes_no_image_onto_a_terminal(tmp_path):
+    import pty
+
+    terminal, stdout = pty.openpty()
+    try:
+        p = subprocess.run([sys.executable, "-m", "workers.cli", "plot", "1", "--output", "-"],
+                           stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120,
+                           env={**os.environ, "TENSEVAE_HOME": str(tmp_path)})  # fmt: skip
+    finally:
+        os.close(stdout)
+        os.close(terminal)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "tensevae: --output -: standard output is a terminal; redirect it (> curves.png)"
+    ]
 
 
 def test_plot_of_a_job_without_epochs_is_one_line(tmp_path):
@@ -441,6 +481,14 @@ def test_train_through_the_queue_writes_scores_and_curves(tmp_path):
     assert "verbs never seen (" in p.stdout
     assert "gaussian_score_joint" in p.stdout and "the four forms chosen together" in p.stdout
     assert png.read_bytes()[:4] == b"\x89PNG"
+    # the curves on standard output, for a pipe or a redirection; a file's path otherwise
+    env = {**os.environ, "TENSEVAE_HOME": str(tmp_path)}
+    piped = subprocess.run([sys.executable, "-m", "workers.cli", "plot", "1", "--output", "-"],
+                           capture_output=True, env=env, cwd=ROOT, timeout=120, check=True)  # fmt: skip
+    assert piped.stdout[:4] == b"\x89PNG" and piped.stdout.endswith(b"IEND\xaeB`\x82")
+    svg = tmp_path / "c.svg"
+    assert tv("plot", "1", "--output", str(svg), home=tmp_path, check=0).stdout.strip() == str(svg)
+    assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text()
     models = json.loads(
         tv("results", "--json", "--best-by", "bleu4", home=tmp_path, check=0).stdout
     )

@@ -287,6 +287,8 @@ def cmd_train(args) -> int:
 
     _check_written_at_end(args, "--plot", args.plot)
     _check_plot_path(args.plot)
+    if args.plot == "-":
+        raise UserError("--plot -: the job's result goes to standard output; give a file")
     _check_scoring(args)
     config = load_config(args.config, args.set)
     params = {
@@ -307,17 +309,24 @@ def cmd_train(args) -> int:
     return code
 
 
-def _plot(job_id: int, target: str | None) -> Path:
+def _plot(job_id: int, target: str | None) -> Path | None:
+    """Write a training job's curves to ``target`` (a file; - for standard output, as PNG),
+    or to the home folder; the path written, None for standard output."""
     from db.queries import epoch_figures
     from db.session import home
-    from pipeline.plots import plot_history
+    from pipeline.plots import plot_history, render_history
 
-    path = Path(target) if target else home() / f"job-{job_id}-curves.png"
     figures = epoch_figures(job_id)
     if not figures:
         raise UserError(f"job {job_id} recorded no epoch figures to plot (training jobs do)")
+    title = f"tensevae training job {job_id}"
+    if target == "-":
+        sys.stdout.buffer.write(render_history(figures, "png", title))
+        sys.stdout.flush()
+        return None
+    path = Path(target) if target else home() / f"job-{job_id}-curves.png"
     try:
-        return plot_history(figures, path, title=f"tensevae training job {job_id}")
+        return plot_history(figures, path, title=title)
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
 
@@ -639,6 +648,9 @@ def cmd_jobs(args) -> int:
 def cmd_results(args) -> int:
     from db import queries
 
+    if args.job is None and (args.output or args.format):
+        flag = "--output" if args.output else "--format"
+        raise UserError(f"{flag} writes a job's rows: add --job ID (--json for the models)")
     _ensure_db()
     _check_writable(args.output)
     if args.job is not None:
@@ -840,9 +852,13 @@ def cmd_plot(args) -> int:
     _ensure_db()
     _check_writable(args.output)
     _check_plot_path(args.output)
+    if args.output == "-" and sys.stdout.isatty():
+        raise UserError("--output -: standard output is a terminal; redirect it (> curves.png)")
     if get_job(args.id, full=False) is None:
         raise UserError(f"no job {args.id}")
-    print(_plot(args.id, args.output))
+    path = _plot(args.id, args.output)
+    if path is not None:
+        print(path)
     return 0
 
 
@@ -958,19 +974,46 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+def _command(sub, name: str, summary: str, *examples: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help opens with its summary and ends with examples."""
+    epilog = "examples:\n" + "\n".join(f"  tensevae {e}" for e in examples) if examples else None
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=f"{summary[0].upper()}{summary[1:]}.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="tensevae", description=__doc__.splitlines()[0])
+    ap = _Parser(
+        prog="tensevae",
+        description=__doc__.splitlines()[0],
+        epilog="Each command's --help says what it takes, with examples.",
+    )
     ap.add_argument("--version", action=_Version)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="submit a training job")
+    p = _command(
+        sub,
+        "train",
+        "submit a training job",
+        "train --wait --plot curves.png",
+        "train --config lab --set train.epochs=5 --wait",
+        "train --set model.hidden_size=192 --queue gpu",
+    )
     p.add_argument("--config", help="a YAML config file, or a name in configs/ (default: default)")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value"
     )
     p.add_argument("--plot", help="with --wait: where to write the curves (.png, .pdf or .svg)")
-    p.add_argument("--samples", type=int, default=100, help="sampled z for BLEU-4 spread")
-    p.add_argument("--draws", type=int, default=20, help="draws of 100 z for the Gaussian score")
+    p.add_argument(
+        "--samples", type=int, default=100, help="sampled z for BLEU-4's spread (default: 100)"
+    )
+    p.add_argument(
+        "--draws", type=int, default=20, help="draws of 100 z for the Gaussian score (default: 20)"
+    )
     p.add_argument(
         "--no-joint",
         action="store_true",
@@ -980,7 +1023,15 @@ def parser() -> argparse.ArgumentParser:
     _job_options(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("convert", help="convert words now, or submit a bulk conversion job")
+    p = _command(
+        sub,
+        "convert",
+        "convert words now, or submit a bulk conversion job",
+        "convert abandon go --from sp --to past",
+        "convert - --from sp --to p < verbs.txt",
+        "convert --input words.txt --output out.csv --wait",
+        "convert --input verbs.txt --from sp --to p --roundtrip --model 3 --wait",
+    )
     p.add_argument(
         "words",
         nargs="*",
@@ -995,7 +1046,11 @@ def parser() -> argparse.ArgumentParser:
         "alone), - for standard input: submits a bulk job",
     )
     p.add_argument("--output", help="with --wait: write the conversions here (.csv or .json)")
-    p.add_argument("--format", choices=["csv", "json"])
+    p.add_argument(
+        "--format",
+        choices=["csv", "json"],
+        help="of --output (default: json for a .json file, else csv)",
+    )
     p.add_argument("--beam", type=int, default=0, help="beam width (default: greedy)")
     p.add_argument(
         "--roundtrip",
@@ -1024,14 +1079,24 @@ def parser() -> argparse.ArgumentParser:
     _job_options(p)
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("evaluate", help="submit an evaluation job")
+    p = _command(
+        sub,
+        "evaluate",
+        "submit an evaluation job",
+        "evaluate --wait",
+        "evaluate --verbs my-verbs.txt --model 3 --wait --json",
+    )
     p.add_argument(
         "--verbs",
         help="a quadruple file (sp tp pg p per line; - for standard input) to score all 12 "
         "directions on",
     )
-    p.add_argument("--samples", type=int, default=100)
-    p.add_argument("--draws", type=int, default=20)
+    p.add_argument(
+        "--samples", type=int, default=100, help="sampled z for BLEU-4's spread (default: 100)"
+    )
+    p.add_argument(
+        "--draws", type=int, default=20, help="draws of 100 z for the Gaussian score (default: 20)"
+    )
     p.add_argument(
         "--gaussian-beam",
         type=int,
@@ -1049,14 +1114,22 @@ def parser() -> argparse.ArgumentParser:
         help="decode each z's four forms together (see generate --joint; beam 4 unless "
         "--gaussian-beam says)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the sampled z and the draws (default: 0)"
+    )
     _model_option(p)
     _job_options(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("generate", help="submit a generation job (verbs from Gaussian noise)")
-    p.add_argument("-n", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p = _command(
+        sub,
+        "generate",
+        "submit a generation job (verbs from Gaussian noise)",
+        "generate -n 10 --wait",
+        "generate -n 10 --joint --wait --json",
+    )
+    p.add_argument("-n", type=int, default=100, help="how many z to draw (default: 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
     p.add_argument("--beam", type=int, default=0, help="beam width (default: greedy)")
     p.add_argument(
         "--anchored",
@@ -1076,32 +1149,56 @@ def parser() -> argparse.ArgumentParser:
 
     from db.states import JOB_KINDS, JOB_STATES
 
-    p = sub.add_parser("jobs", help="list jobs, or show one")
-    p.add_argument("id", nargs="?", type=int)
+    p = _command(
+        sub,
+        "jobs",
+        "list jobs, or show one",
+        "jobs --state running",
+        "jobs 7 --wait",
+    )
+    p.add_argument("id", nargs="?", type=int, help="a job's id: show that job")
     p.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
     p.add_argument("--kind", choices=JOB_KINDS, help="only jobs of this kind")
     p.add_argument(
         "--wait", action="store_true", help="with an id: follow the job to its end, with its result"
     )
-    p.add_argument("--limit", type=_at_least_one, default=20)
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--limit", type=_at_least_one, default=20, help="the latest this many (default: 20)"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_jobs)
 
-    p = sub.add_parser("results", help="models and their scores, or one job's results")
+    p = _command(
+        sub,
+        "results",
+        "models and their scores, or one job's results",
+        "results --best-by bleu4",
+        "results --job 7 --output conversions.csv",
+    )
     p.add_argument("--job", type=int, help="a job's conversions, generated words or scores")
     p.add_argument(
         "--best-by",
         help="sort models by this score (bleu4, gaussian_score, unseen_exact:sp_mean, ...; "
         "NAME@FILE for a score on another file)",
     )
-    p.add_argument("--limit", type=_at_least_one, default=20)
-    p.add_argument("--output", help="write a job's rows to this file")
-    p.add_argument("--format", choices=["csv", "json"])
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--limit", type=_at_least_one, default=20, help="at most this many models (default: 20)"
+    )
+    p.add_argument(
+        "--output", help="with --job: write its rows to this file (- for standard output)"
+    )
+    p.add_argument(
+        "--format",
+        choices=["csv", "json"],
+        help="of a job's rows (default: json for a .json file, else csv)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_results)
 
-    p = sub.add_parser("queue", help="workers online, queue depths, running jobs")
-    p.add_argument("--json", action="store_true")
+    p = _command(
+        sub, "queue", "workers online, queue depths, running jobs", "queue", "queue --watch 5"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
         "--watch",
         type=_seconds,
@@ -1112,10 +1209,16 @@ def parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_queue)
 
-    p = sub.add_parser("worker", help="run a worker (one job at a time; run more to scale)")
+    p = _command(
+        sub,
+        "worker",
+        "run a worker (one job at a time; run more to scale)",
+        "worker",
+        "worker --queues cpu --threads 1 --name cpu-1",
+    )
     p.add_argument("--queues", help="comma-separated queues (default: all: gpu,cpu)")
     p.add_argument("--name", help="worker name (default: tensevae-QUEUES@host)")
-    p.add_argument("--loglevel", default="info")
+    p.add_argument("--loglevel", default="info", help="Celery's log level (default: info)")
     p.add_argument(
         "--threads",
         type=int,
@@ -1125,28 +1228,51 @@ def parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("db", help="database schema")
-    p.add_argument("action", choices=["upgrade", "current"])
+    p = _command(sub, "db", "database schema", "db current", "db upgrade")
+    p.add_argument(
+        "action",
+        choices=["upgrade", "current"],
+        help="upgrade: bring the schema to this tensevae's (every command does so when it "
+        "needs the database); current: print the schema's revision",
+    )
     p.set_defaults(func=cmd_db)
 
-    p = sub.add_parser("cancel", help="cancel a queued or running job")
-    p.add_argument("id", type=int)
+    p = _command(sub, "cancel", "cancel a queued or running job", "cancel 7")
+    p.add_argument("id", type=int, help="the job's id (tensevae jobs)")
     p.set_defaults(func=cmd_cancel)
 
-    p = sub.add_parser("plot", help="write a training job's curves (PNG, PDF or SVG)")
-    p.add_argument("id", type=int)
-    p.add_argument("--output")
+    p = _command(
+        sub,
+        "plot",
+        "write a training job's curves (PNG, PDF or SVG)",
+        "plot 1 --output curves.pdf",
+        "plot 1 --output - > curves.png",
+    )
+    p.add_argument("id", type=int, help="a training job's id (tensevae jobs --kind train)")
+    p.add_argument(
+        "--output",
+        help="the file, its format by suffix (.png, .pdf, .svg; PNG without one); - for PNG "
+        "on standard output (default: job-ID-curves.png in tensevae's data folder)",
+    )
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser(
-        "export", help="write a model of the database as a folder (config.json, weights)"
+    p = _command(
+        sub,
+        "export",
+        "write a model of the database as a folder (config.json, weights)",
+        "export 1 my-model && tensevae convert walk --from sp --to p --model my-model",
     )
     p.add_argument("id", type=int, help="the model's id (tensevae results)")
     p.add_argument("folder", help="a new folder; --model FOLDER and pipeline.load read it")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("check-data", help="report suspicious lines of a quadruple file")
-    p.add_argument("file")
+    p = _command(
+        sub,
+        "check-data",
+        "report suspicious lines of a quadruple file",
+        "check-data my-verbs.txt",
+    )
+    p.add_argument("file", help="a file of 'sp tp pg p' lines, as train.txt")
     p.set_defaults(func=cmd_check_data)
     return ap
 
