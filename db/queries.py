@@ -7,7 +7,17 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from .models import Conversion, EpochMetric, GeneratedWord, Job, Model, Score, Worker, utcnow
+from .models import (
+    Checkpoint,
+    Conversion,
+    EpochMetric,
+    GeneratedWord,
+    Job,
+    Model,
+    Score,
+    Worker,
+    utcnow,
+)
 from .session import session
 
 JOB_FIELDS = (
@@ -170,6 +180,19 @@ def epoch_figures(job_id: int) -> list[dict[str, Any]]:
             select(EpochMetric).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch)
         )
         return [{"epoch": r.epoch, **r.figures} for r in rows]
+
+
+def resume_point(job_id: int) -> str | None:
+    """Where a job run again picks up, in words: a training job's last checkpoint, a bulk
+    conversion's rows already written; None where it starts over."""
+    with session() as s:
+        epoch = s.scalar(select(func.max(Checkpoint.epoch)).where(Checkpoint.job_id == job_id))
+        rows = s.scalar(select(func.count(Conversion.id)).where(Conversion.job_id == job_id))
+    if epoch:
+        return f"resumes after epoch {epoch}, its last checkpoint"
+    if rows:
+        return f"resumes after the {rows:,} rows written"
+    return None
 
 
 def queue_status(online_within_s: float = 30.0) -> dict[str, Any]:

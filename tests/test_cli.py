@@ -271,6 +271,20 @@ def test_a_database_setting_that_cannot_be_used_is_one_line(tmp_path, setting, v
     assert setting in line and needle in line and "s3cret" not in line
 
 
+def test_a_job_the_broker_never_got_is_retried_once_it_answers(tmp_path):
+    down = {"TENSEVAE_BROKER_URL": "redis://127.0.0.1:1/0"}
+    line = one_line_error(tv("generate", "-n", "2", home=tmp_path, env=down))
+    assert line.startswith("tensevae: job 1 failed: could not reach the broker")
+    # the broker down still: the job fails again with the reason, and can be retried later
+    again = one_line_error(tv("retry", "1", home=tmp_path, env=down))
+    assert again.startswith("tensevae: job 1 failed: could not reach the broker")
+    assert json.loads(tv("jobs", "1", "--json", home=tmp_path, check=0).stdout)["state"] == "failed"
+    p = tv("retry", "1", "--wait", home=tmp_path, check=0)  # the no-server default answers
+    assert p.stdout.startswith("job 1 queued again (generate)\njob 1 succeeded: 2 verbs")
+    assert "only a failed or cancelled job" in one_line_error(tv("retry", "1", home=tmp_path))
+    assert one_line_error(tv("retry", "9", home=tmp_path)) == "tensevae: no job 9"
+
+
 def test_plot_writes_no_image_onto_a_terminal(tmp_path):
     import pty
 

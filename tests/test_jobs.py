@@ -241,6 +241,32 @@ def test_cancelling_a_running_job(backend):
     assert job["state"] == "cancelled"
 
 
+def test_a_cancelled_training_job_retried_resumes_from_its_checkpoint(backend):
+    from db.queries import epoch_figures, resume_point
+    from workers.jobs import cancel, retry
+
+    job_id = _submit_train(["train.epochs=12"], bleu_samples=2, gaussian_draws=1)
+    deadline = time.time() + 120
+    while len(epoch_figures(job_id)) < 2:
+        assert time.time() < deadline, "training never reached epoch 2"
+        time.sleep(0.05)
+    assert cancel(job_id) == "running"
+    assert wait_for(job_id, timeout=60)["state"] == "cancelled"
+    done = len(epoch_figures(job_id))
+    assert (
+        2 <= done < 6 and resume_point(job_id) == f"resumes after epoch {done}, its last checkpoint"
+    )
+    assert retry(job_id) == "train"
+    job = wait_for(job_id, timeout=120)
+    assert job["state"] == "succeeded" and job["attempts"] == 2 and job["error"] is None, job
+    assert job["result"]["resumed"] is True and job["result"]["epochs"] == 12
+    assert [f["epoch"] for f in epoch_figures(job_id)] == list(range(1, 13))
+    with pytest.raises(ValueError, match=f"job {job_id} succeeded: only a failed or cancelled"):
+        retry(job_id)
+    with pytest.raises(LookupError, match="no job 424242"):
+        retry(424242)
+
+
 def test_ctrl_c_stops_following_a_job_a_worker_runs_not_the_job(backend):
     """`--wait` follows a job; Ctrl-C there gives the terminal back and leaves the worker's
     job running (exit 130), where it used to cancel it."""

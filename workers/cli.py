@@ -846,6 +846,30 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+def cmd_retry(args) -> int:
+    """A failed or cancelled job back on its queue; training picks up from its last
+    checkpoint, a bulk conversion after the rows it wrote."""
+    from db.queries import resume_point
+    from workers.jobs import retry
+
+    _ensure_db()
+    try:
+        kind = retry(args.id)
+    except (LookupError, ValueError) as e:
+        raise UserError(str(e)) from None
+    where = resume_point(args.id)
+    if not (args.json and args.wait):
+        if args.json:
+            _print_json({"job_id": args.id, "state": "queued", "resumes": where})
+        else:
+            print(f"job {args.id} queued again ({kind}" + (f"; {where})" if where else ")"))
+    if not args.wait:
+        return 0
+    job = _wait(args.id, args.json)
+    shows = {"generate": _show_generated, "convert": _show_converted}
+    return _finish(job, args, shows.get(kind, _show_scores))
+
+
 def cmd_plot(args) -> int:
     from db.queries import get_job
 
@@ -1240,6 +1264,18 @@ def parser() -> argparse.ArgumentParser:
     p = _command(sub, "cancel", "cancel a queued or running job", "cancel 7")
     p.add_argument("id", type=int, help="the job's id (tensevae jobs)")
     p.set_defaults(func=cmd_cancel)
+
+    p = _command(
+        sub,
+        "retry",
+        "put a failed or cancelled job back on its queue (training resumes from its last "
+        "checkpoint, a bulk conversion after the rows it wrote)",
+        "retry 7 --wait",
+    )
+    p.add_argument("id", type=int, help="the job's id (tensevae jobs --state failed)")
+    p.add_argument("--wait", action="store_true", help="follow the job and print its result")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_retry)
 
     p = _command(
         sub,

@@ -117,3 +117,35 @@ def cancel(job_id: int) -> str:
                 "cancelled while queued",
             )
         return job.state
+
+
+def retry(job_id: int) -> str:
+    """Put a failed or cancelled job back on its queue, as it was submitted: training
+    resumes from its last checkpoint and a bulk conversion after the rows it wrote, as when
+    a worker dies. Returns the job's kind. LookupError for no such job, ValueError for one
+    that is not failed or cancelled; BrokerError (the job failed again, with the reason)
+    where the broker cannot be reached."""
+    ensure_schema()
+    with session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise LookupError(f"no job {job_id}")
+        if job.state not in ("failed", "cancelled"):
+            now = "is " if job.state in ("queued", "running") else ""
+            raise ValueError(
+                f"job {job_id} {now}{job.state}: only a failed or cancelled job can be retried"
+            )
+        kind, queue = job.kind, job.queue
+        job.state, job.error, job.finished_at = "queued", None, None
+        job.cancel_requested, job.message = False, f"retried by {_user()}"
+    try:
+        send(job_id, kind, queue)
+    except BrokerError as e:
+        with session() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == "queued")
+                .values(state="failed", error=str(e), finished_at=utcnow())
+            )
+        raise BrokerError(f"job {job_id} failed: {e}", job_id) from None
+    return kind
