@@ -58,7 +58,8 @@ def test_training_job_end_to_end(backend, trained):
     with session() as s:
         model = s.get(Model, result["model_id"])
         assert model.job_id == trained["id"] and len(model.sha256) == 64
-        assert s.scalar(select(func.count()).where(Checkpoint.job_id == trained["id"])) == 1
+        # the checkpoint served to resume; once the model is stored it is dropped
+        assert s.scalar(select(func.count()).where(Checkpoint.job_id == trained["id"])) == 0
         assert s.scalar(select(func.count()).where(EpochMetric.job_id == trained["id"])) == 1
         names = set(s.scalars(select(Score.name).where(Score.model_id == model.id)))
     assert {"bleu4", "bleu4_sampled", "gaussian_score"} <= names
@@ -261,6 +262,7 @@ def test_a_cancelled_training_job_retried_resumes_from_its_checkpoint(backend):
     assert job["state"] == "succeeded" and job["attempts"] == 2 and job["error"] is None, job
     assert job["result"]["resumed"] is True and job["result"]["epochs"] == 12
     assert [f["epoch"] for f in epoch_figures(job_id)] == list(range(1, 13))
+    assert resume_point(job_id) is None  # its model is stored: the checkpoint is dropped
     with pytest.raises(ValueError, match=f"job {job_id} succeeded: only a failed or cancelled"):
         retry(job_id)
     with pytest.raises(LookupError, match="no job 424242"):

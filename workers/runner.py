@@ -68,13 +68,17 @@ def _claim(s, job_id: int, worker: str) -> Job | None:
 
 def _finish(job_id: int, worker: str, state: str, **values: Any) -> bool:
     def write(s) -> bool:
-        return bool(
-            s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.worker == worker, Job.state == "running")
-                .values(state=state, finished_at=utcnow(), **values)
-            ).rowcount
-        )
+        ended = s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.worker == worker, Job.state == "running")
+            .values(state=state, finished_at=utcnow(), **values)
+        ).rowcount
+        if ended and state == "succeeded":
+            # A checkpoint (weights, optimizer moments, averages: 30 MB for the shipped config,
+            # 4 times its model) serves to resume; a succeeded job's model is stored, and it is never run again.
+            # A failed or cancelled job keeps its own for `tensevae retry`.
+            s.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
+        return bool(ended)
 
     return transaction(write)
 
