@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -204,9 +205,11 @@ def _coerce(section: str, key: str, value: Any, kind: type) -> Any:
             raise ConfigError(f"{section}.{key}: expected a number, got {value!r}")
         try:
             number = kind(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # int(inf) overflows
             pass
         else:
+            if not math.isfinite(number):
+                raise ConfigError(f"{section}.{key}: expected a finite number, got {value!r}")
             if kind is int and float(value) != number:
                 raise ConfigError(f"{section}.{key}: expected a whole number, got {value!r}")
             return number
@@ -412,6 +415,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     p = Path(path) if path else configs_dir() / "default.yaml"
     if path and not p.exists() and not p.suffix:
         p = configs_dir() / f"{path}.yaml"
+    if p.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a config file")
     if not p.is_file():
         raise ConfigError(f"{path or p}: no such config file")
     try:

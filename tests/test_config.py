@@ -55,6 +55,10 @@ def test_overrides():
         (["hard_pairs=1.5"], "hard_pairs must lie in"),
         (["ema=1"], "train.ema must lie in"),
         (["prior_anchor_fallback=far"], "prior_anchor_fallback must be likeliest or under_cap"),
+        (["lr=1e400"], r"train.lr: expected a finite number, got '1e400'"),
+        (["kl_max=nan"], r"train.kl_max: expected a finite number, got 'nan'"),
+        (["grad_clip=-inf"], "expected a finite number"),
+        (["epochs=inf"], "expected int, got 'inf'"),
     ],
 )
 def test_bad_overrides(overrides, message):
@@ -78,3 +82,8 @@ def test_bad_files(tmp_path):
         load_config(f)
     with pytest.raises(ConfigError, match="unknown config section"):
         from_dict({"modle": {}})
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        load_config(tmp_path)
+    f.write_text("train:\n  epochs: 1.0e+400\n")  # YAML's infinity, where int() overflows
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected int, got inf"):
+        load_config(f)
