@@ -87,17 +87,23 @@ def submit(
         s.add(job)
         s.flush()
         job_id = job.id
+    _send_or_fail(job_id, kind, queue)
+    return job_id
+
+
+def _send_or_fail(job_id: int, kind: str, queue: str) -> None:
+    """Send a queued job; where the broker cannot be reached, the job is failed with the
+    reason (never left queued with no message) and BrokerError says so."""
     try:
         send(job_id, kind, queue)
     except BrokerError as e:
         with session() as s:
             s.execute(
                 update(Job)
-                .where(Job.id == job_id)
+                .where(Job.id == job_id, Job.state == "queued")
                 .values(state="failed", error=str(e), finished_at=utcnow())
             )
         raise BrokerError(f"job {job_id} failed: {e}", job_id) from None
-    return job_id
 
 
 def cancel(job_id: int) -> str:
@@ -138,14 +144,5 @@ def retry(job_id: int) -> str:
         kind, queue = job.kind, job.queue
         job.state, job.error, job.finished_at = "queued", None, None
         job.cancel_requested, job.message = False, f"retried by {_user()}"
-    try:
-        send(job_id, kind, queue)
-    except BrokerError as e:
-        with session() as s:
-            s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.state == "queued")
-                .values(state="failed", error=str(e), finished_at=utcnow())
-            )
-        raise BrokerError(f"job {job_id} failed: {e}", job_id) from None
+    _send_or_fail(job_id, kind, queue)
     return kind
