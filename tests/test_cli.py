@@ -60,6 +60,19 @@ def test_every_command_and_argument_says_what_it_is_and_its_examples_parse():
             ap.parse_args(words[1:end])  # an example that does not parse exits 2 here
 
 
+def test_time_left_comes_from_the_progress_watched():
+    from workers.cli import _duration, _TimeLeft
+
+    left = _TimeLeft()
+    assert left("queued", 0.0, 0.0) == "" and left("running", 0.5, 10.0) == ""  # resumed at 50%
+    assert left("running", 0.52, 12.0) == ""  # too little progress watched to say
+    assert left("running", 0.6, 30.0) == " (about 80 s left)"  # 10% in 20 s, 40% to go
+    assert left("running", 0.7, 90.0) == " (about 2 min left)"  # 20% in 80 s, 30% to go
+    assert left("running", 1.0, 40.0) == "" and left("succeeded", 1.0, 41.0) == ""
+    assert [_duration(x) for x in (0.2, 59.4, 89, 91, 3599, 3600, 5400, 7230)] == [
+        "1 s", "59 s", "89 s", "2 min", "60 min", "1 h", "1 h 30 min", "2 h"]  # fmt: skip
+
+
 def test_score_names_in_short():
     from workers.cli import _names_in_short
 
@@ -493,6 +506,7 @@ def test_train_through_the_queue_writes_scores_and_curves(tmp_path):
         "job 1 queued (train)" in p.stdout and "bleu4" in p.stdout and "gaussian_score" in p.stdout
     )
     assert "verbs never seen (" in p.stdout
+    assert " left)" in p.stderr  # the time left, once the epoch's progress was watched
     assert "gaussian_score_joint" in p.stdout and "the four forms chosen together" in p.stdout
     assert png.read_bytes()[:4] == b"\x89PNG"
     # the curves on standard output, for a pipe or a redirection; a file's path otherwise

@@ -142,6 +142,33 @@ def _run_here_if_nobody_listens(job_id: int, queue: str):
     return thread
 
 
+class _TimeLeft:
+    """About how long a running job has left, from the progress this command has watched it
+    make (not from the job's start: a job resumed from a checkpoint starts part way)."""
+
+    def __init__(self):
+        self.seen: tuple[float, float] | None = None  # (time, progress) when first seen running
+
+    def __call__(self, state: str, progress: float, now: float) -> str:
+        if state != "running":
+            return ""
+        if self.seen is None:
+            self.seen = (now, progress)
+        t0, p0 = self.seen
+        if progress - p0 < 0.05 or progress >= 1:  # too little watched to say
+            return ""
+        return f" (about {_duration((now - t0) / (progress - p0) * (1 - progress))} left)"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 3600:
+        return f"{round(seconds / 60)} min"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
 def _wait(job_id: int, quiet: bool, run_here: bool = True) -> dict[str, Any]:
     """Follow a job to its end, printing its progress; with ``run_here``, run it in this
     process where no worker listens (the no-server default)."""
@@ -160,13 +187,14 @@ def _wait(job_id: int, quiet: bool, run_here: bool = True) -> dict[str, Any]:
         print(
             "no worker is listening: running the job in this process", file=sys.stderr, flush=True
         )
-    last = None
+    last, eta = None, _TimeLeft()
     try:
         while True:
             job = get_job(job_id, full=False)
             line = f"[job {job_id}] {job['state']} {job['progress'] * 100:3.0f}% {job['message'] or ''}"
+            left = eta(job["state"], job["progress"], time.monotonic())
             if line != last and not quiet:
-                print(line.rstrip(), file=sys.stderr, flush=True)
+                print(line.rstrip() + left, file=sys.stderr, flush=True)
                 last = line
             if job["state"] in ("succeeded", "failed", "cancelled") and (
                 thread is None or not thread.is_alive()
