@@ -188,6 +188,8 @@ def test_one_off_conversion_imports_no_job_system(engine, unused):
         (["queue", "--watch", "0"], "give at least 0.1 seconds, not 0"),
         (["queue", "--watch", "nan"], "give at least 0.1 seconds, not nan"),
         (["plot", "424242"], "no job 424242"),
+        (["delete", "424242"], "no job 424242"),
+        (["delete"], "the following arguments are required: id"),
         (["jobs", "--state", "done"], "invalid choice: 'done' (choose from 'queued'"),
         (["jobs", "--kind", "training"], "invalid choice: 'training'"),
         (["convert", "--input", "in.txt", "--from", "sp"], "--from and --to go together"),
@@ -296,6 +298,8 @@ def test_a_job_the_broker_never_got_is_retried_once_it_answers(tmp_path):
     assert p.stdout.startswith("job 1 queued again (generate)\njob 1 succeeded: 2 verbs")
     assert "only a failed or cancelled job" in one_line_error(tv("retry", "1", home=tmp_path))
     assert one_line_error(tv("retry", "9", home=tmp_path)) == "tensevae: no job 9"
+    assert tv("delete", "1", home=tmp_path, check=0).stdout == "deleted job 1 (generate)\n"
+    assert one_line_error(tv("jobs", "1", home=tmp_path)) == "tensevae: no job 1"
 
 
 def test_plot_writes_no_image_onto_a_terminal(tmp_path):

@@ -429,3 +429,42 @@ def test_messages_lost_by_redis_are_sent_again(backend):
     assert r.llen("lost-and-found") == 1
     assert runner.resend_lost(["lost-and-found"]) == []  # not again while one waits
     r.delete("lost-and-found")
+
+
+def test_deleting_jobs_takes_what_they_wrote_all_or_nothing(backend):
+    from db.models import EpochMetric, GeneratedWord, Job, Model, Score
+    from db.session import session
+    from workers.jobs import cancel, delete, submit
+
+    trained = wait_for(_submit_train(bleu_samples=2, gaussian_draws=1))
+    model = trained["result"]["model_id"]
+    made = wait_for(submit("generate", {"model": model, "n": 3}))
+    reader = submit("evaluate", {"model": model, "bleu_samples": 2}, queue="nobody-listens")
+
+    def count(table, column, value):
+        with session() as s:
+            return s.scalar(select(func.count()).select_from(table).where(column == value))
+
+    ids = [trained["id"], made["id"], reader]
+    with pytest.raises(ValueError, match=f"job {reader} is queued: cancel it or let it end"):
+        delete(ids)
+    with pytest.raises(ValueError, match=f"model {model} of job {ids[0]} is to be read by job"):
+        delete(ids[:2])
+    with pytest.raises(LookupError, match="no job 424242"):
+        delete([ids[1], 424242])
+    assert count(Job, Job.id, ids[1]) == 1 and count(Model, Model.id, model) == 1  # all kept
+    assert count(GeneratedWord, GeneratedWord.job_id, ids[1]) == 3
+    assert cancel(reader) == "cancelled"
+    assert delete(ids) == [
+        {"job_id": ids[0], "kind": "train", "model_id": model},
+        {"job_id": ids[1], "kind": "generate", "model_id": None},
+        {"job_id": reader, "kind": "evaluate", "model_id": None},
+    ]
+    for table, column, value in [
+        (Job, Job.id, ids[0]),
+        (Model, Model.id, model),
+        (Score, Score.model_id, model),
+        (EpochMetric, EpochMetric.job_id, ids[0]),
+        (GeneratedWord, GeneratedWord.job_id, ids[1]),
+    ]:
+        assert count(table, column, value) == 0, table.__tablename__

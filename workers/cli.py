@@ -898,6 +898,23 @@ def cmd_retry(args) -> int:
     return _finish(job, args, shows.get(kind, _show_scores))
 
 
+def cmd_delete(args) -> int:
+    from workers.jobs import delete
+
+    _ensure_db()
+    try:
+        deleted = delete(args.ids)
+    except (LookupError, ValueError) as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        _print_json(deleted)
+        return 0
+    for d in deleted:
+        model = f" and its model {d['model_id']}" if d["model_id"] is not None else ""
+        print(f"deleted job {d['job_id']} ({d['kind']}){model}")
+    return 0
+
+
 def cmd_plot(args) -> int:
     from db.queries import get_job
 
@@ -1304,6 +1321,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="follow the job and print its result")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_retry)
+
+    p = _command(
+        sub,
+        "delete",
+        "delete finished jobs with what they wrote (rows, scores, curves' figures, "
+        "checkpoints) and a training job's model with every score of it",
+        "delete 4 5 6",
+        "delete 7 --json",
+    )
+    p.add_argument("ids", nargs="+", type=int, metavar="id", help="the jobs' ids (tensevae jobs)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_delete)
 
     p = _command(
         sub,

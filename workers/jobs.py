@@ -6,10 +6,11 @@ import getpass
 import logging
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import select, update
 
 from db.migrate import ensure_schema
-from db.models import Job, utcnow
+from db.models import Job, Model, utcnow
 from db.session import session
 from db.states import FINAL_STATES
 
@@ -146,3 +147,35 @@ def retry(job_id: int) -> str:
         job.cancel_requested, job.message = False, f"retried by {_user()}"
     _send_or_fail(job_id, kind, queue)
     return kind
+
+
+def delete(job_ids: list[int]) -> list[dict[str, Any]]:
+    """Delete finished jobs with everything they wrote (conversions, generated words, scores,
+    epoch figures, checkpoints) and a training job's model with every score of it, all in
+    one transaction: nothing is deleted where one of them cannot be. LookupError for a job
+    that does not exist; ValueError for one not finished, or whose model a queued or running
+    job is to read. Returns [{job_id, kind, model_id}] for what was deleted."""
+    ensure_schema()
+    with session() as s:
+        jobs = {i: s.get(Job, i) for i in dict.fromkeys(job_ids)}
+        for i, job in jobs.items():
+            if job is None:
+                raise LookupError(f"no job {i}")
+            if job.state not in FINAL_STATES:
+                raise ValueError(f"job {i} is {job.state}: cancel it or let it end first")
+        models = {i: s.scalar(select(Model.id).where(Model.job_id == i)) for i in jobs}
+        owners = {m: i for i, m in models.items() if m is not None}
+        if owners:
+            active = select(Job.id, Job.state, Job.params).where(
+                Job.state.in_(("queued", "running"))
+            )
+            for reader, state, params in s.execute(active):
+                ref = (params or {}).get("model")
+                if isinstance(ref, int) and not isinstance(ref, bool) and ref in owners:
+                    raise ValueError(
+                        f"model {ref} of job {owners[ref]} is to be read by job {reader} "
+                        f"({state}): let it end or cancel it first"
+                    )
+            s.execute(sql_delete(Model).where(Model.id.in_(list(owners))))  # and its scores
+        s.execute(sql_delete(Job).where(Job.id.in_(list(jobs))))  # and what each wrote
+        return [{"job_id": i, "kind": j.kind, "model_id": models[i]} for i, j in jobs.items()]
