@@ -177,5 +177,10 @@ def delete(job_ids: list[int]) -> list[dict[str, Any]]:
                         f"({state}): let it end or cancel it first"
                     )
             s.execute(sql_delete(Model).where(Model.id.in_(list(owners))))  # and its scores
-        s.execute(sql_delete(Job).where(Job.id.in_(list(jobs))))  # and what each wrote
+        # and what each wrote; a job put back on its queue meanwhile keeps everything
+        gone = s.execute(
+            sql_delete(Job).where(Job.id.in_(list(jobs)), Job.state.in_(FINAL_STATES))
+        ).rowcount
+        if gone != len(jobs):
+            raise ValueError("a job changed state while being deleted: nothing was deleted")
         return [{"job_id": i, "kind": j.kind, "model_id": models[i]} for i, j in jobs.items()]
