@@ -243,10 +243,11 @@ def test_cancelling_a_running_job(backend):
 
 
 def test_a_cancelled_training_job_retried_resumes_from_its_checkpoint(backend):
-    from db.queries import epoch_figures, resume_point
+    from db.queries import epoch_figures, get_job, resume_point
     from workers.jobs import cancel, retry
 
     job_id = _submit_train(["train.epochs=12"], bleu_samples=2, gaussian_draws=1)
+    queue = get_job(job_id)["queue"]
     deadline = time.time() + 120
     while len(epoch_figures(job_id)) < 2:
         assert time.time() < deadline, "training never reached epoch 2"
@@ -257,7 +258,9 @@ def test_a_cancelled_training_job_retried_resumes_from_its_checkpoint(backend):
     assert (
         2 <= done < 6 and resume_point(job_id) == f"resumes after epoch {done}, its last checkpoint"
     )
-    assert retry(job_id) == "train"
+    assert retry(job_id, queue="nobody-listens") == "train"  # cancelled again, sent elsewhere
+    assert get_job(job_id)["queue"] == "nobody-listens" and cancel(job_id) == "cancelled"
+    assert retry(job_id, queue=queue) == "train"
     job = wait_for(job_id, timeout=120)
     assert job["state"] == "succeeded" and job["attempts"] == 2 and job["error"] is None, job
     assert job["result"]["resumed"] is True and job["result"]["epochs"] == 12

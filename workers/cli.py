@@ -882,7 +882,7 @@ def cmd_retry(args) -> int:
 
     _ensure_db()
     try:
-        kind = retry(args.id)
+        kind = retry(args.id, args.queue)
     except (LookupError, ValueError) as e:
         raise UserError(str(e)) from None
     where = resume_point(args.id)
@@ -1316,10 +1316,14 @@ def parser() -> argparse.ArgumentParser:
         "put a failed or cancelled job back on its queue (training resumes from its last "
         "checkpoint, a bulk conversion after the rows it wrote)",
         "retry 7 --wait",
+        "retry 7 --queue cpu",
     )
     p.add_argument("id", type=int, help="the job's id (tensevae jobs --state failed)")
     p.add_argument("--wait", action="store_true", help="follow the job and print its result")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--queue", help="send it to this queue instead of its own (where a worker listens)"
+    )
     p.set_defaults(func=cmd_retry)
 
     p = _command(

@@ -126,10 +126,10 @@ def cancel(job_id: int) -> str:
         return job.state
 
 
-def retry(job_id: int) -> str:
-    """Put a failed or cancelled job back on its queue, as it was submitted: training
-    resumes from its last checkpoint and a bulk conversion after the rows it wrote, as when
-    a worker dies. Returns the job's kind. LookupError for no such job, ValueError for one
+def retry(job_id: int, queue: str | None = None) -> str:
+    """Put a failed or cancelled job back on its queue (or on ``queue``), as it was
+    submitted: training resumes from its last checkpoint and a bulk conversion after the
+    rows it wrote, as when a worker dies. Returns the job's kind. LookupError for no such job, ValueError for one
     that is not failed or cancelled; BrokerError (the job failed again, with the reason)
     where the broker cannot be reached."""
     ensure_schema()
@@ -142,8 +142,8 @@ def retry(job_id: int) -> str:
             raise ValueError(
                 f"job {job_id} {now}{job.state}: only a failed or cancelled job can be retried"
             )
-        kind, queue = job.kind, job.queue
-        job.state, job.error, job.finished_at = "queued", None, None
+        kind, queue = job.kind, queue or job.queue
+        job.state, job.error, job.finished_at, job.queue = "queued", None, None, queue
         job.cancel_requested, job.message = False, f"retried by {_user()}"
     _send_or_fail(job_id, kind, queue)
     return kind
