@@ -73,6 +73,33 @@ def test_time_left_comes_from_the_progress_watched():
         "1 s", "59 s", "89 s", "2 min", "60 min", "1 h", "1 h 30 min", "2 h"]  # fmt: skip
 
 
+def test_following_a_job_prints_the_time_left(monkeypatch, capsys):
+    import time
+
+    import db.queries
+    from workers import cli
+
+    seen = [("queued", 0.0, None), ("running", 0.0, "epoch 0/2"), ("running", 0.5, "epoch 1/2"),
+            ("succeeded", 1.0, "done")]  # fmt: skip
+    jobs = iter([dict(zip(("state", "progress", "message"), j, strict=True)) for j in seen])
+    last = {}
+
+    def get_job(job_id, full=True):
+        last.update(next(jobs, last), queue="cpu")
+        return last
+
+    clock = iter(range(0, 1000, 30))
+    monkeypatch.setattr(db.queries, "get_job", get_job)
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    assert cli._wait(7, quiet=False, run_here=False)["state"] == "succeeded"
+    assert capsys.readouterr().err.splitlines()[1:] == [
+        "[job 7] running   0% epoch 0/2",
+        "[job 7] running  50% epoch 1/2 (about 30 s left)",  # half done in 30 s
+        "[job 7] succeeded 100% done",
+    ]
+
+
 def test_score_names_in_short():
     from workers.cli import _names_in_short
 
@@ -510,7 +537,6 @@ def test_train_through_the_queue_writes_scores_and_curves(tmp_path):
         "job 1 queued (train)" in p.stdout and "bleu4" in p.stdout and "gaussian_score" in p.stdout
     )
     assert "verbs never seen (" in p.stdout
-    assert " left)" in p.stderr  # the time left, once the epoch's progress was watched
     assert "gaussian_score_joint" in p.stdout and "the four forms chosen together" in p.stdout
     assert png.read_bytes()[:4] == b"\x89PNG"
     # the curves on standard output, for a pipe or a redirection; a file's path otherwise
