@@ -246,7 +246,7 @@ def test_a_cancelled_training_job_retried_resumes_from_its_checkpoint(backend):
     from db.queries import epoch_figures, get_job, resume_point
     from workers.jobs import cancel, retry
 
-    job_id = _submit_train(["train.epochs=12"], bleu_samples=2, gaussian_draws=1)
+    job_id = _submit_train(["train.epochs=20"], bleu_samples=2, gaussian_draws=1)
     queue = get_job(job_id)["queue"]
     deadline = time.time() + 120
     while len(epoch_figures(job_id)) < 2:
@@ -256,15 +256,16 @@ def test_a_cancelled_training_job_retried_resumes_from_its_checkpoint(backend):
     assert wait_for(job_id, timeout=60)["state"] == "cancelled"
     done = len(epoch_figures(job_id))
     assert (
-        2 <= done < 6 and resume_point(job_id) == f"resumes after epoch {done}, its last checkpoint"
+        2 <= done < 20
+        and resume_point(job_id) == f"resumes after epoch {done}, its last checkpoint"
     )
     assert retry(job_id, queue="nobody-listens") == "train"  # cancelled again, sent elsewhere
     assert get_job(job_id)["queue"] == "nobody-listens" and cancel(job_id) == "cancelled"
     assert retry(job_id, queue=queue) == "train"
     job = wait_for(job_id, timeout=120)
     assert job["state"] == "succeeded" and job["attempts"] == 2 and job["error"] is None, job
-    assert job["result"]["resumed"] is True and job["result"]["epochs"] == 12
-    assert [f["epoch"] for f in epoch_figures(job_id)] == list(range(1, 13))
+    assert job["result"]["resumed"] is True and job["result"]["epochs"] == 20
+    assert [f["epoch"] for f in epoch_figures(job_id)] == list(range(1, 21))
     assert resume_point(job_id) is None  # its model is stored: the checkpoint is dropped
     with pytest.raises(ValueError, match=f"job {job_id} succeeded: only a failed or cancelled"):
         retry(job_id)
