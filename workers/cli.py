@@ -635,6 +635,12 @@ def _show_converted(job: dict[str, Any], output: str | None = None, out=None) ->
     )
 
 
+def _finish_shown(job: dict[str, Any], args) -> int:
+    """_finish with the result shown as the command that submitted a job of its kind does."""
+    shows = {"generate": _show_generated, "convert": _show_converted}
+    return _finish(job, args, shows.get(job["kind"], _show_scores))
+
+
 def cmd_jobs(args) -> int:
     from db.queries import get_job, list_jobs
     from db.states import FINAL_STATES
@@ -649,8 +655,7 @@ def cmd_jobs(args) -> int:
         if args.wait:  # follow it to its end, as the command that submitted it would have
             if job["state"] not in FINAL_STATES:  # a queued one runs here if no one listens
                 job = _wait(args.id, args.json, run_here=job["state"] == "queued")
-            shows = {"generate": _show_generated, "convert": _show_converted}
-            return _finish(job, args, shows.get(job["kind"], _show_scores))
+            return _finish_shown(job, args)
         if args.json:
             _print_json(job)
         else:
@@ -893,9 +898,7 @@ def cmd_retry(args) -> int:
             print(f"job {args.id} queued again ({kind}" + (f"; {where})" if where else ")"))
     if not args.wait:
         return 0
-    job = _wait(args.id, args.json)
-    shows = {"generate": _show_generated, "convert": _show_converted}
-    return _finish(job, args, shows.get(kind, _show_scores))
+    return _finish_shown(_wait(args.id, args.json), args)
 
 
 def cmd_delete(args) -> int:

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from db.migrate import ensure_schema
 from db.models import Job, Model, utcnow
 from db.session import session
-from db.states import FINAL_STATES
+from db.states import ACTIVE_STATES, FINAL_STATES
 
 from . import settings
 
@@ -138,7 +138,7 @@ def retry(job_id: int, queue: str | None = None) -> str:
         if job is None:
             raise LookupError(f"no job {job_id}")
         if job.state not in ("failed", "cancelled"):
-            now = "is " if job.state in ("queued", "running") else ""
+            now = "is " if job.state in ACTIVE_STATES else ""
             raise ValueError(
                 f"job {job_id} {now}{job.state}: only a failed or cancelled job can be retried"
             )
@@ -166,9 +166,7 @@ def delete(job_ids: list[int]) -> list[dict[str, Any]]:
         models = {i: s.scalar(select(Model.id).where(Model.job_id == i)) for i in jobs}
         owners = {m: i for i, m in models.items() if m is not None}
         if owners:
-            active = select(Job.id, Job.state, Job.params).where(
-                Job.state.in_(("queued", "running"))
-            )
+            active = select(Job.id, Job.state, Job.params).where(Job.state.in_(ACTIVE_STATES))
             for reader, state, params in s.execute(active):
                 ref = (params or {}).get("model")
                 if isinstance(ref, int) and not isinstance(ref, bool) and ref in owners:
