@@ -73,21 +73,27 @@ def train_rate(config, batches: int, repeats: int, device: torch.device) -> tupl
         return z, b
 
     trainer._prior_draws = recording_draw
-    # So are the made-up stems (train.made_up_stems): rows appended to the batch.
+    # So are the made-up stems and prefixes (train.made_up_stems, made_up_prefixes): rows
+    # appended to the batch.
     from types import SimpleNamespace
 
     from pipeline import training
 
     made_up: list = []
-    real_made_up = training.made_up_stems
+    augmenters = ("made_up_stems", "made_up_prefixes")
+    real_made_up = {name: getattr(training, name) for name in augmenters}
 
-    def recording_made_up(b, *args, **kwargs):
-        out, n = real_made_up(b, *args, **kwargs)
-        if n:
-            made_up.append(SimpleNamespace(src_len=out.src_len[-n:], tgt_out=out.tgt_out[-n:]))
-        return out, n
+    def recording(real):
+        def record(b, *args, **kwargs):
+            out, n = real(b, *args, **kwargs)
+            if n:
+                made_up.append(SimpleNamespace(src_len=out.src_len[-n:], tgt_out=out.tgt_out[-n:]))
+            return out, n
 
-    training.made_up_stems = recording_made_up
+        return record
+
+    for name, real in real_made_up.items():
+        setattr(training, name, recording(real))
     # Attention is counted from the teacher-forced decodes the step ran: rows that may not
     # attend (context dropout, the prior's draws) compute none.
     decodes: list = []
@@ -121,7 +127,8 @@ def train_rate(config, batches: int, repeats: int, device: torch.device) -> tupl
         work += sum(step_flops(config.model, b) for b in made_up)
         work += attention_flops(config.model, decodes)
         flops.append(work / words)
-    training.made_up_stems = real_made_up
+    for name, real in real_made_up.items():
+        setattr(training, name, real)
     model.__dict__.pop("_decode_attending", None)
     return med(rates), statistics.fmean(flops)
 

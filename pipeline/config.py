@@ -147,6 +147,14 @@ class TrainConfig:
     # spelling rules (pipeline.data.regular), so that a stem no one has seen is only ever
     # shown inflecting by rule, never by a verb's exception (take -> took).
     made_up_from: str = "all"
+    # With attention: a share of each batch's pairs added again with one made-up prefix before
+    # both words (the first 1 to 4 letters of a training verb: "take -> took" may come back
+    # as "overtake -> overtook"; pipeline.data.made_up_prefixes), always decoded with
+    # attention and z from the prior. English inflects at a word's end, whatever comes before
+    # it: a verb no one has seen that ends in one the model knows (misgive, undo, gainsay)
+    # is inflected as that one. A prefixed word that is a form of any line of the data (or of
+    # the lab's test) is skipped, so nothing is taught about a real verb, held out or not. 0: off.
+    made_up_prefixes: float = 0.0
     # Share of an epoch's pairs trained twice: the hardest, by their loss when last decoded
     # with attention (in the first epoch, a random share). The rule that attending learns is
     # met far more often than a verb's exceptions (take -> took): these pairs get a second
@@ -305,10 +313,15 @@ def validate(cfg: Config) -> None:
         (0 <= t.tf_start <= 1 and 0 <= t.tf_end <= 1, "teacher-forcing ratios must lie in [0, 1]"),
         (0 <= t.word_dropout < 1, "train.word_dropout must lie in [0, 1)"),
         (0 <= t.made_up_stems <= 1, "train.made_up_stems must lie in [0, 1]"),
+        (0 <= t.made_up_prefixes <= 1, "train.made_up_prefixes must lie in [0, 1]"),
         (0 <= t.ema < 1, "train.ema must lie in [0, 1)"),
         (
             t.made_up_stems == 0 or m.attention,
             "train.made_up_stems needs model.attention",
+        ),
+        (
+            t.made_up_prefixes == 0 or m.attention,
+            "train.made_up_prefixes needs model.attention",
         ),
         (t.made_up_from in ("all", "regular"), "train.made_up_from must be all or regular"),
         (0 <= t.val_fraction < 1, "train.val_fraction must lie in [0, 1)"),

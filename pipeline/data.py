@@ -315,6 +315,64 @@ def made_up_stems(
     ), n
 
 
+def prefix_starts(quads: Sequence[Quad], longest: int = 4) -> list[str]:
+    """The first 1 to ``longest`` letters of each line's simple present (never the whole
+    word), one entry per line and length: what made_up_prefixes draws from, as often as
+    English's verbs begin so ("over", "mis", "with", "be")."""
+    return [q[0][:k] for q in quads for k in range(1, min(longest, len(q[0]) - 1) + 1)]
+
+
+def made_up_prefixes(
+    b: Batch,
+    vocab: Vocab,
+    share: float,
+    generator: torch.Generator,
+    starts: Sequence[str],
+    known: frozenset[str] | set[str],
+    max_length: int,
+) -> tuple[Batch, int]:
+    """The batch with a ``share`` of its pairs appended again, each with one prefix drawn
+    from ``starts`` before both its words ("take -> took" as "overtake -> overtook"), and
+    how many were appended. English inflects at the end of a word, whatever comes before:
+    these pairs teach that a word ending in a known verb is inflected as that verb. A pair
+    whose prefixed source or target is in ``known`` (real words, whose forms may differ:
+    "welcome" is no "come"), or longer than ``max_length``, is not appended."""
+    chosen = (torch.rand(b.src.size(0), generator=generator) < share).nonzero().squeeze(1)
+    if chosen.numel() == 0 or not starts:
+        return b, 0
+    draws = torch.randint(len(starts), (chosen.numel(),), generator=generator).tolist()
+    rows = []
+    for i, d in zip(chosen.tolist(), draws, strict=True):
+        start = starts[d]
+        src = start + vocab.decode(b.src[i].tolist())
+        tgt = start + vocab.decode(b.tgt_out[i].tolist())
+        if src in known or tgt in known or max(len(src), len(tgt)) > max_length:
+            continue
+        rows.append((src, int(b.src_tense[i]), tgt, int(b.tgt_tense[i])))
+    if not rows:
+        return b, 0
+    return join_batches(b, make_batch(rows, vocab)), len(rows)
+
+
+def stack_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Rows of a (N, T) over rows of b (M, U), padded with PAD to max(T, U) columns."""
+    width = max(a.size(1), b.size(1))
+    a = torch.nn.functional.pad(a, (0, width - a.size(1)), value=PAD)
+    return torch.cat([a, torch.nn.functional.pad(b, (0, width - b.size(1)), value=PAD)])
+
+
+def join_batches(a: Batch, b: Batch) -> Batch:
+    """a's rows, then b's, each padded to the wider of the two."""
+    return Batch(
+        stack_padded(a.src, b.src),
+        torch.cat([a.src_len, b.src_len]),
+        torch.cat([a.src_tense, b.src_tense]),
+        stack_padded(a.tgt_in, b.tgt_in),
+        stack_padded(a.tgt_out, b.tgt_out),
+        torch.cat([a.tgt_tense, b.tgt_tense]),
+    )
+
+
 def pad(seqs: Sequence[Sequence[int]], value: int = PAD) -> torch.Tensor:
     width = max(len(s) for s in seqs)
     return torch.tensor([[*s, *([value] * (width - len(s)))] for s in seqs], dtype=torch.long)

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from . import artifacts
 from .config import Config
@@ -21,11 +20,14 @@ from .data import (
     encode_sources,
     load_test,
     load_train,
+    made_up_prefixes,
     made_up_stems,
     make_batch,
     make_pairs,
+    prefix_starts,
     regular,
     split_by_verb,
+    stack_padded,
     test_words,
 )
 from .errors import ConfigError, TrainingDiverged
@@ -71,13 +73,6 @@ def make_optimizer(model: TenseCVAE, config: Config) -> torch.optim.Optimizer:
     return cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 
 
-def _stack_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Rows of a (N, T) over rows of b (M, U), padded with PAD to max(T, U) columns."""
-    width = max(a.size(1), b.size(1))
-    a = F.pad(a, (0, width - a.size(1)), value=PAD)
-    return torch.cat([a, F.pad(b, (0, width - b.size(1)), value=PAD)])
-
-
 class Trainer:
     """One run's state: model, optimizer, random generator, step and history."""
 
@@ -111,6 +106,10 @@ class Trainer:
             if t.made_up_from == "regular"
             else None
         )
+        # made_up_prefixes: the beginnings of the kept verbs, and every word of the data
+        # (held-out lines too) and of the lab's test, which a prefixed word must not be
+        self._starts = prefix_starts(self.kept) if t.made_up_prefixes else []
+        self._known = frozenset(w for q in train_quads for w in q) | test_words()
         self.hard = round(len(self.pairs) * t.hard_pairs)
         self.steps_per_epoch = math.ceil((len(self.pairs) + self.hard) / t.batch_size)
         self.total_steps = self.steps_per_epoch * t.epochs
@@ -353,7 +352,7 @@ class Trainer:
         n, P = z.size(0), zp.size(0)
         z = torch.cat([z, zp])
         tense = torch.cat([b.tgt_tense, bp.tgt_tense])
-        tgt_in, tgt_out = _stack_padded(b.tgt_in, bp.tgt_in), _stack_padded(b.tgt_out, bp.tgt_out)
+        tgt_in, tgt_out = stack_padded(b.tgt_in, bp.tgt_in), stack_padded(b.tgt_out, bp.tgt_out)
         if not self.model.config.attention:
             return self.model.init_decoder(z, tense), tgt_in, tgt_out, n
         memory = torch.cat([post.memory, post.memory.new_zeros(P, *post.memory.shape[1:])])
@@ -391,6 +390,17 @@ class Trainer:
             b, made_up = made_up_stems(
                 b, m.vocab, t.made_up_stems, self.generator, eligible=eligible
             )
+        if t.made_up_prefixes > 0:  # validated to come with attention; appended after them
+            b, prefixed = made_up_prefixes(
+                b,
+                m.vocab,
+                t.made_up_prefixes,
+                self.generator,
+                self._starts,
+                self._known,
+                m.config.max_length,
+            )
+            made_up += prefixed
         post = m.encode(b.src, b.src_len, b.src_tense)
         fresh_bank = t.prior_weight > 0 and self._bank is not None
         words = self._source_words(b) if fresh_bank or self.hard else None

@@ -45,6 +45,8 @@ def test_overrides():
         (["made_up_stems=2"], "made_up_stems must lie"),
         (["made_up_stems=0.2"], "made_up_stems needs model.attention"),
         (["made_up_from=irregular"], "made_up_from must be all or regular"),
+        (["made_up_prefixes=-0.1"], "made_up_prefixes must lie"),
+        (["made_up_prefixes=0.2"], "made_up_prefixes needs model.attention"),
         (["latent_memory=8", "latent_memory_read=firm"], "latent_memory_read must be soft"),
         (["latent_memory_z=false"], "latent_memory_z=false needs model.latent_memory"),
         (["decoder_init_tense=false"], "decoder_init_tense=false needs model.decoder_input_z"),

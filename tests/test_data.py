@@ -163,6 +163,47 @@ def test_made_up_stems_change_shared_letters_alike_and_spare_the_end():
     assert made_up_stems(b, vocab, 0.0, g) == (b, 0)
 
 
+def test_made_up_prefixes_put_one_start_before_both_words():
+    from pipeline.data import made_up_prefixes
+
+    vocab = Vocab()
+    pairs = [("take", 0, "took", 3), ("stopping", 2, "stops", 1), ("go", 0, "went", 3)] * 60
+    b = make_batch(pairs, vocab)
+    starts = ["over", "mis", "un", "be"]
+    known = frozenset({"bego"})  # a real word: "bego -> bewent" is never taught
+    out, n = made_up_prefixes(b, vocab, 0.5, torch.Generator().manual_seed(0), starts, known, 30)
+    assert 60 < n < 120 and out.src.size(0) == len(pairs) + n
+    for field in ("src_len", "src_tense", "tgt_tense"):
+        assert torch.equal(getattr(out, field)[: len(pairs)], getattr(b, field))
+    for field in ("src", "tgt_in", "tgt_out"):  # the words, padded to the wider rows
+        kept = getattr(out, field)[: len(pairs)]
+        assert torch.equal(kept[:, : getattr(b, field).size(1)], getattr(b, field))
+        assert bool((kept[:, getattr(b, field).size(1) :] == PAD).all())
+    used = set()
+    for i in range(len(pairs), len(pairs) + n):
+        src, tgt = vocab.decode(out.src[i].tolist()), vocab.decode(out.tgt_out[i].tolist())
+        assert vocab.decode(out.tgt_in[i, 1:].tolist()) == tgt and out.tgt_in[i, 0] == SOS
+        assert int(out.src_len[i]) == len(src) and src != "bego"
+        start = next(s for s in starts if src.startswith(s))
+        real = next(p for p in pairs if p[0] == src[len(start) :])
+        assert tgt == start + real[2]
+        assert (int(out.src_tense[i]), int(out.tgt_tense[i])) == (real[1], real[3])
+        used.add(start)
+    assert used == set(starts)
+    # too long for the model, or nothing to draw from: nothing appended
+    assert made_up_prefixes(b, vocab, 1.0, torch.Generator(), starts, known, 5)[1] == 0
+    assert made_up_prefixes(b, vocab, 0.0, torch.Generator(), starts, known, 30) == (b, 0)
+    assert made_up_prefixes(b, vocab, 1.0, torch.Generator(), [], known, 30) == (b, 0)
+
+
+def test_prefix_starts_are_beginnings_never_whole_words():
+    from pipeline.data import prefix_starts
+
+    quads = [("overtake", "overtakes", "overtaking", "overtook"), ("go", "goes", "going", "went")]
+    assert prefix_starts(quads) == ["o", "ov", "ove", "over", "g"]
+    assert prefix_starts(quads, longest=2) == ["o", "ov", "g"]
+
+
 def test_regular_lines_follow_the_spelling_rules_and_exceptions_do_not():
     from pipeline.data import load_train, regular
 

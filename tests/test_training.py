@@ -536,6 +536,46 @@ def test_made_up_stems_join_the_batch_and_always_attend(tiny_config, monkeypatch
     assert all(bool(u[: len(u) - int((~u).sum())].all()) for u in seen)
 
 
+def test_made_up_prefixes_join_the_batch_always_attend_and_skip_real_words(
+    tiny_config, monkeypatch
+):
+    """As made-up stems: with no word attending, the prefixed copies are the only rows that
+    do. No prefixed word is a word of the data, held-out lines and the lab's test included."""
+    from pipeline import training
+
+    cfg = tiny_config.replace(
+        model={"context_dropout": 1.0},
+        train={"prior_weight": 0.0, "made_up_prefixes": 0.5, "val_fraction": 0.1},
+    )
+    data = pipeline.data.load_train()
+    trainer = training.Trainer(cfg, data, torch.device("cpu"))
+    assert trainer.val_quads and {w for q in trainer.val_quads for w in q} <= trainer._known
+    assert pipeline.data.test_words() <= trainer._known
+    kept_verbs = {q[0] for q in trainer.kept}
+    assert all(any(v.startswith(s) and v != s for v in kept_verbs) for s in trainer._starts)
+    seen = _spy_on_kl(monkeypatch)
+    made = []
+    real = training.made_up_prefixes
+
+    def spy(b, *args):
+        out, n = real(b, *args)
+        made.extend(trainer.model.vocab.decode(ids) for ids in out.src[out.src.size(0) - n :])
+        return out, n
+
+    monkeypatch.setattr(training, "made_up_prefixes", spy)
+    gen = torch.Generator().manual_seed(0)
+    words = 0
+    for b in itertools.islice(training.batches(trainer.pairs, trainer.model.vocab, 256, gen), 3):
+        words += b.src.size(0)
+        assert math.isfinite(trainer.train_step(b)["loss"])
+    rows = torch.cat(seen)
+    prefixed = int((~rows).sum())
+    assert prefixed == len(made) and rows.numel() == words + prefixed
+    assert 0.4 < prefixed / words < 0.6
+    assert all(bool(u[: len(u) - int((~u).sum())].all()) for u in seen)
+    assert not set(made) & trainer._known
+
+
 def test_made_up_stems_from_regular_lines_pass_over_the_exceptions(tiny_config, monkeypatch):
     from pipeline import training
     from pipeline.data import regular
