@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +19,14 @@ REDIS_URL = os.environ.get("TENSEVAE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15
 POSTGRES_URL = os.environ.get(
     "TENSEVAE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+
+
+def ctrl_c_reaches_it() -> None:
+    """A subprocess's preexec_fn: Ctrl-C (SIGINT) back to its default in the child. A shell
+    without job control starts a background command (`./scripts/test &`) with SIGINT
+    ignored, and the child would inherit that: Python then raises no KeyboardInterrupt,
+    and a test of what Ctrl-C does would wait on a command that never heard it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def unavailable(reason: str):

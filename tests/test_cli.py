@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.servers import ctrl_c_reaches_it
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -432,6 +434,7 @@ def test_ctrl_c_on_a_job_this_process_runs_cancels_it(tmp_path):
         [sys.executable, "-m", "workers.cli", "train", "--config", "tiny", "--set",
          "train.epochs=400", "--set", "train.max_lines=300", "--wait"],
         env=e, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=ctrl_c_reaches_it,
     )  # fmt: skip
     try:
         deadline = time.time() + 120

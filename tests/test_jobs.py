@@ -8,7 +8,14 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from tests.servers import Backend, drop_postgres, postgres_url, redis_url, wait_for
+from tests.servers import (
+    Backend,
+    ctrl_c_reaches_it,
+    drop_postgres,
+    postgres_url,
+    redis_url,
+    wait_for,
+)
 
 TINY = ["train.epochs=1", "train.threads=1", "train.eval_gaussian_draws=0", "train.max_lines=300"]
 
@@ -293,6 +300,7 @@ def test_ctrl_c_stops_following_a_job_a_worker_runs_not_the_job(backend):
         stderr=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=ctrl_c_reaches_it,
     )
     try:
         deadline = time.time() + 60
