@@ -305,14 +305,8 @@ def made_up_stems(
     src[:, :W] = torch.where(flip, new, head)
     tgt_out[:, :W] = torch.where(flip, new, target)
     tgt_in[:, 1 : W + 1] = torch.where(flip, new, tgt_in[:, 1 : W + 1])
-    return Batch(
-        torch.cat([b.src, src]),
-        torch.cat([b.src_len, b.src_len[pick]]),
-        torch.cat([b.src_tense, b.src_tense[pick]]),
-        torch.cat([b.tgt_in, tgt_in]),
-        torch.cat([b.tgt_out, tgt_out]),
-        torch.cat([b.tgt_tense, b.tgt_tense[pick]]),
-    ), n
+    made_up = Batch(src, b.src_len[pick], b.src_tense[pick], tgt_in, tgt_out, b.tgt_tense[pick])
+    return join_batches(b, made_up), n
 
 
 def prefix_starts(quads: Sequence[Quad], longest: int = 4) -> list[str]:

@@ -109,7 +109,11 @@ class Trainer:
         # made_up_prefixes: the beginnings of the kept verbs, and every word of the data
         # (held-out lines too) and of the lab's test, which a prefixed word must not be
         self._starts = prefix_starts(self.kept) if t.made_up_prefixes else []
-        self._known = frozenset(w for q in train_quads for w in q) | test_words()
+        self._known = (
+            frozenset(w for q in train_quads for w in q) | test_words()
+            if t.made_up_prefixes
+            else frozenset()
+        )
         self.hard = round(len(self.pairs) * t.hard_pairs)
         self.steps_per_epoch = math.ceil((len(self.pairs) + self.hard) / t.batch_size)
         self.total_steps = self.steps_per_epoch * t.epochs

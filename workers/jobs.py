@@ -129,9 +129,9 @@ def cancel(job_id: int) -> str:
 def retry(job_id: int, queue: str | None = None) -> str:
     """Put a failed or cancelled job back on its queue (or on ``queue``), as it was
     submitted: training resumes from its last checkpoint and a bulk conversion after the
-    rows it wrote, as when a worker dies. Returns the job's kind. LookupError for no such job, ValueError for one
-    that is not failed or cancelled; BrokerError (the job failed again, with the reason)
-    where the broker cannot be reached."""
+    rows it wrote, as when a worker dies. Returns the job's kind. LookupError for no such
+    job, ValueError for one that is not failed or cancelled; BrokerError (the job failed
+    again, with the reason) where the broker cannot be reached."""
     ensure_schema()
     with session() as s:
         job = s.get(Job, job_id)
