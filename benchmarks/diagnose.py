@@ -9,8 +9,10 @@ Prints, in Markdown:
   decoded greedily, by beam search, and with z taken from elsewhere than the posterior mean
   (zero, a prior draw, a posterior draw): how much conversion of new verbs rests on z;
 - exact match over the six sp directions on held-out verbs whose forms a regular spelling
-  rule writes, against the rest, which only analogy with a training verb can reach.
-No training; about a minute on 2 CPU cores."""
+  rule writes, against the rest, which only analogy with a training verb can reach;
+- the verbs it trained on that it still converts wrong (all twelve directions, greedy),
+  line by line, with the lines `tensevae check-data` finds suspicious set apart.
+No training; about two minutes on 2 CPU cores."""
 
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ from pipeline.data import (  # noqa: E402
     split_by_verb,
     test_words,
 )
-from pipeline.evaluate import _decode, decode_latents, exact_by_direction  # noqa: E402
+from pipeline.datacheck import line_problems  # noqa: E402
+from pipeline.evaluate import _decode, convert, decode_latents, exact_by_direction  # noqa: E402
 from pipeline.tenses import TENSES  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -124,6 +127,38 @@ def by_rule(model, held) -> list[str]:
     return rows
 
 
+def trained_misses(model, kept) -> list[str]:
+    """The kept (trained) lines' twelve conversions the model gets wrong, greedy, as
+    Markdown: how many, by direction, and each line's misses, the lines whose forms do not
+    look like one verb's (pipeline.datacheck) apart from the rest."""
+    from pipeline.data import directed
+
+    words, src, refs, tgt = directed(kept)
+    hyps = convert(model, words, src, tgt)
+    line_of = [q for q in kept for _ in range(12)]  # directed() gives each line's 12 in turn
+    wrong = [k for k, (r, h) in enumerate(zip(refs, hyps, strict=True)) if r != h]
+    rows = [
+        f"{len(words) - len(wrong)} of {len(words)} right ({1 - len(wrong) / len(words):.4f}); "
+        f"misses by direction: "
+        + ", ".join(
+            f"{d} {n}" for d, n in Counter(f"{src[k]}->{tgt[k]}" for k in wrong).most_common()
+        )
+        + ".\n"
+    ]
+    by_line: dict[tuple, list[str]] = {}
+    for k in wrong:
+        by_line.setdefault(line_of[k], []).append(f"{words[k]} -> {hyps[k]} ({refs[k]})")
+    odd = {q for q in by_line if line_problems(q)}
+    for label, lines in (
+        ("Lines that look like one verb's", [q for q in by_line if q not in odd]),
+        ("Lines `tensevae check-data` finds suspicious", [q for q in by_line if q in odd]),
+    ):
+        rows.append(f"{label} ({len(lines)}):\n")
+        rows += [f"- `{' '.join(q)}`: " + "; ".join(by_line[q]) for q in lines]
+        rows.append("")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(artifacts.pretrained_path()))
@@ -149,7 +184,7 @@ def main() -> None:
     if not meta.get("val_fraction"):
         print("\nThis model held no verbs out of training: nothing to convert that it never saw.")
         return
-    _, held = split_by_verb(load_train(), meta["val_fraction"], meta["seed"], test_words())
+    kept, held = split_by_verb(load_train(), meta["val_fraction"], meta["seed"], test_words())
     verbs = len({q[0] for q in held})
     print(f"\n## {len(held)} held-out lines ({verbs} verbs), all twelve directions (exact match)\n")
     print("| decoding | z | exact |\n|---|---|---|")
@@ -160,6 +195,8 @@ def main() -> None:
         print(f"| greedy | {z_from} | {held_out_exact(model, held, z_from):.3f} |")
     print("\n## Held-out verbs that a spelling rule writes, and the rest (greedy)\n")
     print("\n".join(by_rule(model, held)))
+    print(f"\n## Verbs it trained on ({len(kept)} lines), all twelve directions (greedy)\n")
+    print("\n".join(trained_misses(model, kept)))
 
 
 if __name__ == "__main__":
