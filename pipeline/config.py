@@ -160,6 +160,11 @@ class TrainConfig:
     # met far more often than a verb's exceptions (take -> took): these pairs get a second
     # pass each epoch. 0: off.
     hard_pairs: float = 0.0
+    # With hard_pairs and attention: the epoch's hardest pairs always attend, in both their
+    # passes, instead of attending at context dropout's odds. They are chosen by their loss
+    # with attention, and it is the attending path that conversion runs (go -> went, not
+    # gent): a hard pair otherwise attends about once an epoch.
+    hard_pairs_attend: bool = False
     # Decay of an exponential moving average of the weights over steps (0.995 weighs about
     # the last 200 steps): each epoch is scored with the average, and the average is what
     # training hands back. The steps themselves run on the trained weights. 0: off.
@@ -326,6 +331,10 @@ def validate(cfg: Config) -> None:
         (t.made_up_from in ("all", "regular"), "train.made_up_from must be all or regular"),
         (0 <= t.val_fraction < 1, "train.val_fraction must lie in [0, 1)"),
         (0 <= t.hard_pairs <= 1, "train.hard_pairs must lie in [0, 1]"),
+        (
+            not t.hard_pairs_attend or (t.hard_pairs > 0 and m.attention),
+            "train.hard_pairs_attend needs train.hard_pairs above 0 and model.attention",
+        ),
         (t.max_lines >= 0, "train.max_lines must be >= 0"),
         (
             t.prior_weight >= 0 and t.prior_words >= 1 and t.prior_refresh >= 1,

@@ -55,6 +55,8 @@ def test_overrides():
         (["prior_anchor_top=-1"], "prior_anchor_top and train.prior_anchor_cap must be >= 0"),
         (["prior_anchor_cap=-1"], "prior_anchor_top and train.prior_anchor_cap must be >= 0"),
         (["hard_pairs=1.5"], "hard_pairs must lie in"),
+        (["hard_pairs_attend=true"], "hard_pairs_attend needs train.hard_pairs above 0"),
+        (["hard_pairs=0.2", "hard_pairs_attend=true"], "and model.attention"),
         (["ema=1"], "train.ema must lie in"),
         (["prior_anchor_fallback=far"], "prior_anchor_fallback must be likeliest or under_cap"),
         (["lr=1e400"], r"train.lr: expected a finite number, got '1e400'"),

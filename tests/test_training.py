@@ -38,7 +38,14 @@ def test_same_seed_same_figures(tiny_config, tiny_run):
 
 
 @pytest.mark.parametrize(
-    "extra", [{}, {"prior_weight": 1.0, "prior_refresh": 3}, {"hard_pairs": 0.25}, {"ema": 0.9}]
+    "extra",
+    [
+        {},
+        {"prior_weight": 1.0, "prior_refresh": 3},
+        {"hard_pairs": 0.25},
+        {"hard_pairs": 0.25, "hard_pairs_attend": True},
+        {"ema": 0.9},
+    ],
 )
 def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tiny_config, extra):
     cfg = tiny_config.replace(train={"epochs": 2, "eval_gaussian_draws": 0, **extra})
@@ -642,3 +649,36 @@ def test_hard_pairs_are_the_pairs_attention_decoded_worst_trained_again(tiny_con
     off = training.Trainer(tiny_config, pipeline.data.load_train(), "cpu")
     off._note_losses(batch, torch.tensor([5.0, 6.0, 7.0, 8.0]), attended)
     assert off.epoch_pairs() is off.pairs and not off._pair_loss.any()
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_hard_pairs_attend_in_both_their_passes(tiny_config, on):
+    """With train.hard_pairs_attend the epoch's hardest pairs always attend (here context
+    dropout is 1, so no other pair does); without it they attend at context dropout's odds,
+    never here."""
+    from pipeline import training
+    from pipeline.data import make_batch
+
+    cfg = tiny_config.replace(
+        model={"context_dropout": 1.0},
+        train={"hard_pairs": 0.1, "hard_pairs_attend": on, "max_lines": 40},
+    )
+    trainer = training.Trainer(cfg, pipeline.data.load_train(), "cpu")
+    n = len(trainer.pairs)
+    trainer._pair_loss[5:9] = torch.tensor([4.0, 3.0, 2.0, 1.0])  # the hardest four
+    hard = trainer.epoch_pairs()[n:]
+    assert hard[:4] == trainer.pairs[5:9]
+    seen = []
+    real = trainer.model.init_decoder
+
+    def recording(z, tense, post=None, use_context=None):
+        seen.append(use_context.clone())
+        return real(z, tense, post, use_context)
+
+    trainer.model.init_decoder = recording
+    # a batch of the second pass's first rows and of pairs that are not hard, both ways round
+    easy = [p for p in trainer.pairs if p not in set(hard)][:4]
+    trainer.train_step(make_batch(hard[:4] + easy, trainer.model.vocab))
+    trainer.train_step(make_batch(easy + hard[:2], trainer.model.vocab))
+    assert seen[0].tolist() == [on] * 4 + [False] * 4
+    assert seen[1].tolist() == [False] * 4 + [on] * 2
