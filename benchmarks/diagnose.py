@@ -28,6 +28,7 @@ import torch  # noqa: E402
 
 from pipeline import artifacts  # noqa: E402
 from pipeline.data import (  # noqa: E402
+    directed,
     encode_sources,
     load_train,
     make_pairs,
@@ -131,8 +132,6 @@ def trained_misses(model, kept) -> list[str]:
     """The kept (trained) lines' twelve conversions the model gets wrong, greedy, as
     Markdown: how many, by direction, and each line's misses, the lines whose forms do not
     look like one verb's (pipeline.datacheck) apart from the rest."""
-    from pipeline.data import directed
-
     words, src, refs, tgt = directed(kept)
     hyps = convert(model, words, src, tgt)
     line_of = [q for q in kept for _ in range(12)]  # directed() gives each line's 12 in turn

@@ -100,8 +100,8 @@ class Trainer:
         # each pair's loss when last decoded with attention, for hard_pairs
         self._pair_loss = torch.zeros(len(self.pairs))
         self._pair_rows = {(p[0], p[1], p[3]): i for i, p in enumerate(self.pairs)}
-        # hard_pairs_attend: this epoch's hardest pairs, as _pair_rows' keys
-        self._hard_keys: set[tuple[str, int, int]] = set()
+        # hard_pairs_attend: this epoch's hardest pairs, as indices into pairs
+        self._hard_rows: set[int] = set()
         # every (form, its tense) of a line that inflects by rule: a pair's line is its source's
         self._regular = (
             {(w, i) for q in self.kept if regular(q) for i, w in enumerate(q)}
@@ -416,9 +416,10 @@ class Trainer:
         use_context = posterior_used = None
         if m.config.attention:
             keep = torch.rand(z.size(0), generator=self.generator) >= m.config.context_dropout
-            if self._hard_keys:  # the epoch's hardest pairs always attend
+            if self._hard_rows:  # the epoch's hardest pairs always attend
                 rows = zip(words, b.src_tense.tolist(), b.tgt_tense.tolist(), strict=True)
-                keep |= torch.tensor([r in self._hard_keys for r in rows], dtype=torch.bool)
+                hard = [self._pair_rows.get(r) in self._hard_rows for r in rows]
+                keep |= torch.tensor(hard, dtype=torch.bool)
             if made_up:  # made-up stems can only be copied: they always attend
                 keep[z.size(0) - made_up :] = True
             use_context = keep.to(z.device)
@@ -510,12 +511,8 @@ class Trainer:
         jitter = torch.rand(len(self.pairs), generator=self.generator) * 1e-3
         hardest = (self._pair_loss + jitter).topk(self.hard).indices.tolist()
         if self.config.train.hard_pairs_attend:
-            self._hard_keys = {self._pair_key(i) for i in hardest}
+            self._hard_rows = set(hardest)
         return self.pairs + [self.pairs[i] for i in hardest]
-
-    def _pair_key(self, i: int) -> tuple[str, int, int]:
-        p = self.pairs[i]
-        return p[0], p[1], p[3]
 
     # -- one epoch ------------------------------------------------------------------
     def run_epoch(self, should_stop: Callable[[], bool] | None) -> dict[str, float] | None:
