@@ -333,7 +333,8 @@ def validate(cfg: Config) -> None:
         (0 <= t.hard_pairs <= 1, "train.hard_pairs must lie in [0, 1]"),
         (
             not t.hard_pairs_attend or (t.hard_pairs > 0 and m.attention),
-            "train.hard_pairs_attend needs train.hard_pairs above 0 and model.attention",
+            "train.hard_pairs_attend needs train.hard_pairs above 0 and model.attention"
+            " (set train.hard_pairs_attend=false to go without them)",
         ),
         (t.max_lines >= 0, "train.max_lines must be >= 0"),
         (

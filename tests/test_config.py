@@ -70,6 +70,15 @@ def test_bad_overrides(overrides, message):
         apply_overrides(Config(), overrides)
 
 
+def test_turning_hard_pairs_off_in_the_shipped_config_says_what_else_to_turn_off():
+    """The shipped config has hard_pairs_attend on: hard_pairs=0 alone is refused, by a
+    message that names the override that goes with it, and the two together load."""
+    with pytest.raises(ConfigError, match=r"set train.hard_pairs_attend=false"):
+        load_config("default", ["train.hard_pairs=0"])
+    cfg = load_config("default", ["train.hard_pairs=0", "train.hard_pairs_attend=false"])
+    assert cfg.train.hard_pairs == 0 and not cfg.train.hard_pairs_attend
+
+
 def test_an_unknown_key_in_a_config_file_names_the_close_ones(tmp_path):
     f = tmp_path / "mine.yaml"
     f.write_text("model:\n  hiden_size: 64\ntrain:\n  epochs: 2\n")
