@@ -677,7 +677,8 @@ def test_hard_pairs_attend_in_both_their_passes(tiny_config, on):
 
     trainer.model.init_decoder = recording
     # a batch of the second pass's first rows and of pairs that are not hard, both ways round
-    easy = [p for p in trainer.pairs if p not in set(hard)][:4]
+    hard_set = set(hard)
+    easy = [p for p in trainer.pairs if p not in hard_set][:4]
     trainer.train_step(make_batch(hard[:4] + easy, trainer.model.vocab))
     trainer.train_step(make_batch(easy + hard[:2], trainer.model.vocab))
     assert seen[0].tolist() == [on] * 4 + [False] * 4
