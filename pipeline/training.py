@@ -99,7 +99,11 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(t.seed)
         # each pair's loss when last decoded with attention, for hard_pairs
         self._pair_loss = torch.zeros(len(self.pairs))
-        self._pair_rows = {(p[0], p[1], p[3]): i for i, p in enumerate(self.pairs)}
+        # a pair's rows in pairs, by (source, its tense, target tense): a line repeated in
+        # the data gives its pairs once per copy, and a loss or a hard pick counts for all
+        self._pair_rows: dict[tuple[str, int, int], list[int]] = {}
+        for i, p in enumerate(self.pairs):
+            self._pair_rows.setdefault((p[0], p[1], p[3]), []).append(i)
         # hard_pairs_attend: this epoch's hardest pairs, as indices into pairs
         self._hard_rows: set[int] = set()
         # every (form, its tense) of a line that inflects by rule: a pair's line is its source's
@@ -418,7 +422,7 @@ class Trainer:
             keep = torch.rand(z.size(0), generator=self.generator) >= m.config.context_dropout
             if self._hard_rows:  # the epoch's hardest pairs always attend
                 rows = zip(words, b.src_tense.tolist(), b.tgt_tense.tolist(), strict=True)
-                hard = [self._pair_rows.get(r) in self._hard_rows for r in rows]
+                hard = [any(i in self._hard_rows for i in self._pair_rows.get(r, ())) for r in rows]
                 keep |= torch.tensor(hard, dtype=torch.bool)
             if made_up:  # made-up stems can only be copied: they always attend
                 keep[z.size(0) - made_up :] = True
@@ -499,8 +503,7 @@ class Trainer:
         words = self._source_words(b) if words is None else words
         src_tense, tgt_tense = b.src_tense.tolist(), b.tgt_tense.tolist()
         for r in [int(r) for r in rows]:
-            i = self._pair_rows.get((words[r], src_tense[r], tgt_tense[r]))
-            if i is not None:
+            for i in self._pair_rows.get((words[r], src_tense[r], tgt_tense[r]), ()):
                 self._pair_loss[i] = losses[r]
 
     def epoch_pairs(self) -> list[tuple[str, int, str, int]]:

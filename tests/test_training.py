@@ -651,6 +651,43 @@ def test_hard_pairs_are_the_pairs_attention_decoded_worst_trained_again(tiny_con
     assert off.epoch_pairs() is off.pairs and not off._pair_loss.any()
 
 
+def test_a_repeated_line_shares_its_pairs_loss_and_hardness(tiny_config):
+    """train.txt holds a few lines twice (apply, awake, ...): each copy's pairs are trained,
+    a loss decoded on either is noted on both, and a hard pick of either makes both attend."""
+    from pipeline import training
+    from pipeline.data import make_batch
+
+    cfg = tiny_config.replace(
+        model={"context_dropout": 1.0},
+        train={"hard_pairs": 0.1, "hard_pairs_attend": True, "max_lines": 0},
+    )
+    trainer = training.Trainer(cfg, pipeline.data.load_train(), "cpu")
+    twice = {k: rows for k, rows in trainer._pair_rows.items() if len(rows) > 1}
+    assert twice and all(len(rows) == 2 for rows in twice.values())
+    key, (first, second) = next(iter(twice.items()))
+    assert trainer.pairs[first] == trainer.pairs[second] and key[0] == trainer.pairs[first][0]
+    batch = make_batch([trainer.pairs[second]], trainer.model.vocab)
+    trainer._note_losses(batch, torch.tensor([9.0]), torch.tensor([True]))
+    assert trainer._pair_loss[[first, second]].tolist() == [9.0, 9.0]
+    assert trainer._pair_loss.count_nonzero() == 2
+    seen = []
+    real = trainer.model.init_decoder
+
+    def recording(z, tense, post=None, use_context=None):
+        seen.append(use_context.clone())
+        return real(z, tense, post, use_context)
+
+    trainer.model.init_decoder = recording
+    other = next(
+        i for i, p in enumerate(trainer.pairs) if len(trainer._pair_rows[p[0], p[1], p[3]]) == 1
+    )
+    trainer._hard_rows = {first}  # the jitter picked one copy: a batch row of either attends
+    trainer.train_step(
+        make_batch([trainer.pairs[second], trainer.pairs[other]], trainer.model.vocab)
+    )
+    assert seen[0].tolist() == [True, False]
+
+
 @pytest.mark.parametrize("on", [True, False])
 def test_hard_pairs_attend_in_both_their_passes(tiny_config, on):
     """With train.hard_pairs_attend the epoch's hardest pairs always attend (here context
