@@ -651,6 +651,20 @@ def test_hard_pairs_are_the_pairs_attention_decoded_worst_trained_again(tiny_con
     assert off.epoch_pairs() is off.pairs and not off._pair_loss.any()
 
 
+def record_use_context(trainer) -> list[torch.Tensor]:
+    """The rows that attend (use_context), as each train_step of ``trainer`` hands them to
+    the decoder, appended to the list returned."""
+    seen = []
+    real = trainer.model.init_decoder
+
+    def recording(z, tense, post=None, use_context=None):
+        seen.append(use_context.clone())
+        return real(z, tense, post, use_context)
+
+    trainer.model.init_decoder = recording
+    return seen
+
+
 def test_a_repeated_line_shares_its_pairs_loss_and_hardness(tiny_config):
     """train.txt holds a few lines twice (apply, awake, ...): each copy's pairs are trained,
     a loss decoded on either is noted on both, and a hard pick of either makes both attend."""
@@ -670,14 +684,7 @@ def test_a_repeated_line_shares_its_pairs_loss_and_hardness(tiny_config):
     trainer._note_losses(batch, torch.tensor([9.0]), torch.tensor([True]))
     assert trainer._pair_loss[[first, second]].tolist() == [9.0, 9.0]
     assert trainer._pair_loss.count_nonzero() == 2
-    seen = []
-    real = trainer.model.init_decoder
-
-    def recording(z, tense, post=None, use_context=None):
-        seen.append(use_context.clone())
-        return real(z, tense, post, use_context)
-
-    trainer.model.init_decoder = recording
+    seen = record_use_context(trainer)
     other = next(
         i for i, p in enumerate(trainer.pairs) if len(trainer._pair_rows[p[0], p[1], p[3]]) == 1
     )
@@ -705,14 +712,7 @@ def test_hard_pairs_attend_in_both_their_passes(tiny_config, on):
     trainer._pair_loss[5:9] = torch.tensor([4.0, 3.0, 2.0, 1.0])  # the hardest four
     hard = trainer.epoch_pairs()[n:]
     assert hard[:4] == trainer.pairs[5:9]
-    seen = []
-    real = trainer.model.init_decoder
-
-    def recording(z, tense, post=None, use_context=None):
-        seen.append(use_context.clone())
-        return real(z, tense, post, use_context)
-
-    trainer.model.init_decoder = recording
+    seen = record_use_context(trainer)
     # a batch of the second pass's first rows and of pairs that are not hard, both ways round
     hard_set = set(hard)
     easy = [p for p in trainer.pairs if p not in hard_set][:4]
