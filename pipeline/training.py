@@ -73,6 +73,11 @@ def make_optimizer(model: TenseCVAE, config: Config) -> torch.optim.Optimizer:
     return cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 
 
+def pair_key(pair: tuple[str, int, str, int]) -> tuple[str, int, int]:
+    """What tells a pair apart in a batch: its source, the source's tense, the target tense."""
+    return pair[0], pair[1], pair[3]
+
+
 class Trainer:
     """One run's state: model, optimizer, random generator, step and history."""
 
@@ -103,9 +108,9 @@ class Trainer:
         # the data gives its pairs once per copy, and a loss or a hard pick counts for all
         self._pair_rows: dict[tuple[str, int, int], list[int]] = {}
         for i, p in enumerate(self.pairs):
-            self._pair_rows.setdefault((p[0], p[1], p[3]), []).append(i)
-        # hard_pairs_attend: this epoch's hardest pairs, as indices into pairs
-        self._hard_rows: set[int] = set()
+            self._pair_rows.setdefault(pair_key(p), []).append(i)
+        # hard_pairs_attend: this epoch's hardest pairs, by key (every copy of one is hard)
+        self._hard_keys: set[tuple[str, int, int]] = set()
         # every (form, its tense) of a line that inflects by rule: a pair's line is its source's
         self._regular = (
             {(w, i) for q in self.kept if regular(q) for i, w in enumerate(q)}
@@ -420,9 +425,9 @@ class Trainer:
         use_context = posterior_used = None
         if m.config.attention:
             keep = torch.rand(z.size(0), generator=self.generator) >= m.config.context_dropout
-            if self._hard_rows:  # the epoch's hardest pairs always attend
+            if self._hard_keys:  # the epoch's hardest pairs always attend
                 rows = zip(words, b.src_tense.tolist(), b.tgt_tense.tolist(), strict=True)
-                hard = [any(i in self._hard_rows for i in self._pair_rows.get(r, ())) for r in rows]
+                hard = [r in self._hard_keys for r in rows]
                 keep |= torch.tensor(hard, dtype=torch.bool)
             if made_up:  # made-up stems can only be copied: they always attend
                 keep[z.size(0) - made_up :] = True
@@ -514,7 +519,7 @@ class Trainer:
         jitter = torch.rand(len(self.pairs), generator=self.generator) * 1e-3
         hardest = (self._pair_loss + jitter).topk(self.hard).indices.tolist()
         if self.config.train.hard_pairs_attend:
-            self._hard_rows = set(hardest)
+            self._hard_keys = {pair_key(self.pairs[i]) for i in hardest}
         return self.pairs + [self.pairs[i] for i in hardest]
 
     # -- one epoch ------------------------------------------------------------------

@@ -686,9 +686,10 @@ def test_a_repeated_line_shares_its_pairs_loss_and_hardness(tiny_config):
     assert trainer._pair_loss.count_nonzero() == 2
     seen = record_use_context(trainer)
     other = next(
-        i for i, p in enumerate(trainer.pairs) if len(trainer._pair_rows[p[0], p[1], p[3]]) == 1
+        i for i, p in enumerate(trainer.pairs) if len(trainer._pair_rows[training.pair_key(p)]) == 1
     )
-    trainer._hard_rows = {first}  # the jitter picked one copy: a batch row of either attends
+    # the jitter picked one copy: a batch row of either attends
+    trainer._hard_keys = {training.pair_key(trainer.pairs[first])}
     trainer.train_step(
         make_batch([trainer.pairs[second], trainer.pairs[other]], trainer.model.vocab)
     )
