@@ -181,9 +181,10 @@ def _convert_chunk(
     except RuntimeError:
         if getattr(model, "precision", None) != "bf16":
             raise
-        # On some CPUs (AVX2 ones, 2026-11-30) oneDNN builds no bf16 LSTM primitive for
-        # some batches (seen then with packed batches whose words all had one length): the
-        # encoder runs such a chunk in fp32; the decoder stays bf16.
+        # On some CPUs oneDNN builds no bf16 LSTM primitive for some batches (seen on an
+        # AVX2 one on 2026-11-30, with packed batches whose words all had one length; bf16
+        # is refused on such CPUs since 2026-12-07): the encoder runs such a chunk in fp32;
+        # the decoder stays bf16.
         with torch.autocast(dev.type, enabled=False):
             post = model.encode(ids, lengths, s_t)
     z = model.reparameterize(post.mu, post.logvar, generator) if sample_z else post.mu

@@ -116,9 +116,11 @@ def test_bulk_conversion_refuses_a_nul_byte_by_line(backend, trained, tmp_path):
 
 def test_bulk_conversion_in_int8_and_by_beam_search(backend, trained):
     """The options of a bulk job reach its worker: int8 writes fp32's words, a beam width (by
-    itself or for a round trip) is the width asked for, and a precision that does not exist fails the job, saying why."""
+    itself or for a round trip) is the width asked for, and a precision that does not exist,
+    or bf16 on a CPU that would emulate it, fails the job, saying why."""
     import pipeline
     from db.queries import conversions
+    from pipeline.precision import cpu_runs_bf16
     from workers.handlers import load_model
     from workers.jobs import submit
 
@@ -126,8 +128,9 @@ def test_bulk_conversion_in_int8_and_by_beam_search(backend, trained):
     words = ["abandon", "walk", "sing", "need", "symbolize", "withhold"]
     requests = [[i + 1, w, "sp", "pg"] for i, w in enumerate(words)]
     model = load_model(model_id)
+    expected_fp32 = pipeline.convert(model, words, "sp", "pg")
     for params, expected in (
-        ({"precision": "int8"}, pipeline.convert(model, words, "sp", "pg")),
+        ({"precision": "int8"}, expected_fp32),
         (
             {"method": "beam", "beam_width": 3},
             pipeline.convert(model, words, "sp", "pg", method="beam", beam_width=3),
@@ -144,6 +147,15 @@ def test_bulk_conversion_in_int8_and_by_beam_search(backend, trained):
         submit("convert", {"model": model_id, "requests": requests, "precision": "fp16"})
     )
     assert bad["state"] == "failed" and "precision 'fp16'" in bad["error"], bad["error"]
+    # bf16 where the worker's CPU computes in it; refused, saying why, where it would emulate
+    job = wait_for(
+        submit("convert", {"model": model_id, "requests": requests, "precision": "bf16"})
+    )
+    if cpu_runs_bf16():
+        assert job["state"] == "succeeded", job["error"]
+        assert [r["output"] for r in conversions(job["id"])] == expected_fp32
+    else:
+        assert job["state"] == "failed" and "no bf16 arithmetic" in job["error"], job["error"]
 
 
 def test_generation_and_evaluation_jobs(backend, trained):

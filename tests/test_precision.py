@@ -40,9 +40,9 @@ def test_the_int8_copy_runs_int8_and_leaves_the_original_alone(shipped):
 
 
 def test_lower_precision_moves_scores_a_little_not_a_lot(shipped, form):
-    # two words of two lengths: a batch oneDNN runs in bf16 on most CPUs seen so far; one
-    # (an AVX2 host without bf16 instructions) builds no bf16 LSTM for any batch, and
-    # conversion there encodes in fp32 (test_a_chunk_onednn_cannot_encode_in_bf16...)
+    # two words of two lengths: a batch oneDNN runs in bf16 on the CPUs it computes bf16
+    # on; where it builds no bf16 LSTM for a batch, conversion encodes it in fp32
+    # (test_a_chunk_onednn_cannot_encode_in_bf16...)
     ids, lengths, tense = torch.tensor([[4, 5, 6, 7, 8], [6, 7, 8, 0, 0]]), [5, 3], [0, 0]
     with torch.no_grad():
         a = shipped.encode(ids, torch.tensor(lengths), torch.tensor(tense)).mu
@@ -82,6 +82,23 @@ def test_close_calls_are_decoded_again_in_fp32(shipped, form, monkeypatch):
     monkeypatch.setattr(precision, "TIE_MARGIN", 0.0)
     form.redecoded = 0
     assert pipeline.convert(form, words, "sp", "p") == alone and form.redecoded == 0
+
+
+def test_bf16_is_refused_where_the_cpu_would_emulate_it(shipped, monkeypatch):
+    """Without bf16 arithmetic in oneDNN (a CPU with AVX2 alone) torch emulates bf16, which
+    converted 12 times slower than fp32: it is refused, saying so, before any word; int8
+    still serves."""
+    monkeypatch.setattr(precision, "cpu_runs_bf16", lambda: False)
+    with pytest.raises(PrecisionUnavailable, match="no bf16 arithmetic on this CPU"):
+        lowered(shipped, "bf16")
+    assert lowered(shipped, "int8").precision == "int8"
+
+
+def test_whether_the_cpu_runs_bf16_follows_its_instructions():
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in ("AVX2", "AVX512"):
+        pytest.skip(f"torch reports {capability} for this CPU")
+    assert precision.cpu_runs_bf16() is (capability == "AVX512")
 
 
 def test_lower_precision_refuses_what_it_does_not_do(form):
