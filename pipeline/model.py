@@ -135,12 +135,31 @@ def _keep(t: torch.Tensor, a: int, n_on: int, n_off: int) -> torch.Tensor:
     return torch.cat([t[:n_on], t[a : a + n_off]])
 
 
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    """torch.tanh, but out of training on the CPU as 2 sigmoid(2x) - 1: the same function
+    (within 2e-7 in fp32), and there about twice as fast, as torch's CPU tanh is several
+    times slower than its sigmoid (over 512 x 256 values on 2 threads, 293 against 81 µs on
+    an AMD EPYC with AVX2, 2026-12-07; 173 against 35 on one with AVX-512). Training keeps
+    torch.tanh, whose backward needs no more than its output."""
+    if torch.is_grad_enabled() or x.device.type != "cpu":
+        return torch.tanh(x)
+    return torch.sigmoid(x * 2).mul_(2).sub_(1)
+
+
 def lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """h and c after one LSTM step from its gate pre-activations (B, 4H), in nn.LSTM's
-    order (input, forget, cell, output)."""
-    i, f, g, o = gates.chunk(4, dim=1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
+    order (input, forget, cell, output). Out of training on the CPU, ``gates`` is
+    overwritten: one sigmoid over all four gates, the cell's gate doubled first, gives its
+    tanh as 2 sigmoid(2g) - 1 (``tanh``)."""
+    if torch.is_grad_enabled() or gates.device.type != "cpu":
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+    H = gates.size(1) // 4
+    gates[:, 2 * H : 3 * H].mul_(2)
+    i, f, g, o = gates.sigmoid_().chunk(4, dim=1)
+    c = f * c + i * g.mul_(2).sub_(1)
+    return o * tanh(c), c
 
 
 def _keyed_attention(query, keys, values, mask, position=None, broadcast=False):
@@ -466,7 +485,7 @@ class TenseCVAE(nn.Module):
             self.attn_key(out), memory, memory, state.mask, position, torch.is_grad_enabled()
         )
         flag = state.use_context  # (B, 1)
-        attended = torch.tanh(self.combine(torch.cat([out, context * flag, flag], dim=-1)))
+        attended = tanh(self.combine(torch.cat([out, context * flag, flag], dim=-1)))
         return attended, weights
 
     def _attend_keys(
@@ -480,7 +499,7 @@ class TenseCVAE(nn.Module):
         H, flag = self.config.hidden_size, state.use_context
         w = self.combine.weight  # columns: output, context, flag
         mixed = torch.addmm(self.combine.bias, out, w[:, :H].t())
-        attended = torch.tanh(mixed + flag * (share + w[:, w.size(1) - 1]))
+        attended = tanh(mixed + flag * (share + w[:, w.size(1) - 1]))
         return attended, weights
 
     def decode(self, tokens: torch.Tensor, state: DecoderState) -> torch.Tensor:
@@ -560,7 +579,7 @@ class TenseCVAE(nn.Module):
                 )
                 mixed = torch.cat([mixed[:a] + context + w_flag, mixed[a:]])
                 weights.append(att)
-            feed = torch.tanh(mixed)
+            feed = tanh(mixed)
             feeds.append(feed)
             # the deferred gradients need the values only, not a second path back
             inputs[-1], outputs[-1] = inputs[-1].detach(), outputs[-1].detach()
@@ -618,7 +637,7 @@ class TenseCVAE(nn.Module):
         h, c = lstm_cell(gates, c)
         if not state.attends and type(self.combine) is nn.Linear:
             out, H = self.drop(h), self.config.hidden_size
-            attended = torch.tanh(F.linear(out, self.combine.weight[:, :H], self.combine.bias))
+            attended = tanh(F.linear(out, self.combine.weight[:, :H], self.combine.bias))
             return h, c, attended, out.new_zeros(out.size(0), state.memory.size(1))
         return h, c, *self._attend(self.drop(h), state, position)
 

@@ -6,7 +6,7 @@ import torch
 from pipeline import decoding
 from pipeline.config import ModelConfig
 from pipeline.data import make_batch
-from pipeline.model import TenseCVAE, kl_divergence, mmd, reconstruction_loss
+from pipeline.model import TenseCVAE, kl_divergence, lstm_cell, mmd, reconstruction_loss, tanh
 from pipeline.vocab import EOS, PAD, SOS, Vocab
 
 PAIRS = [("walk", 0, "walked", 3), ("go", 0, "went", 3), ("abandoning", 2, "abandons", 1)]
@@ -626,3 +626,22 @@ def test_decoding_from_noise_skips_attention_and_writes_the_same():
         assert torch.allclose(a, b, atol=1e-6)
         token = a.argmax(-1)
     assert not fast.attends and slow.attends  # steps carry the flag
+
+
+def test_out_of_training_the_cell_takes_tanh_by_the_sigmoid_and_lands_on_the_same_values():
+    """Without gradients on the CPU, tanh is 2 sigmoid(2x) - 1 (in the LSTM cell and the
+    attentional output): the same function, within float rounding; with gradients,
+    torch.tanh itself, and the gradient flows."""
+    gen = torch.Generator().manual_seed(0)
+    gates, c = torch.randn(64, 4 * 16, generator=gen) * 4, torch.randn(64, 16, generator=gen)
+    x = gates.clone().requires_grad_()
+    h_ref, c_ref = lstm_cell(x, c)
+    assert tanh(x).grad_fn is not None and torch.equal(tanh(x), torch.tanh(x))
+    (h_ref.sum() + c_ref.sum()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert torch.allclose(tanh(gates), torch.tanh(gates), rtol=0, atol=1e-6)
+        assert not torch.equal(tanh(gates), torch.tanh(gates))  # the other route, truly
+        h, c_new = lstm_cell(gates.clone(), c)
+    assert torch.allclose(h, h_ref.detach(), rtol=0, atol=1e-6)
+    assert torch.allclose(c_new, c_ref.detach(), rtol=0, atol=1e-6)
