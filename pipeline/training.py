@@ -78,6 +78,11 @@ def pair_key(pair: tuple[str, int, str, int]) -> tuple[str, int, int]:
     return pair[0], pair[1], pair[3]
 
 
+def batch_keys(words: list[str], b: Batch) -> list[tuple[str, int, int]]:
+    """pair_key of each row of a batch, from its source ``words`` (decoded once a step)."""
+    return list(zip(words, b.src_tense.tolist(), b.tgt_tense.tolist(), strict=True))
+
+
 class Trainer:
     """One run's state: model, optimizer, random generator, step and history."""
 
@@ -419,6 +424,7 @@ class Trainer:
         post = m.encode(b.src, b.src_len, b.src_tense)
         fresh_bank = t.prior_weight > 0 and self._bank is not None
         words = self._source_words(b) if fresh_bank or self.hard else None
+        keys = batch_keys(words, b) if self.hard else None
         if fresh_bank:
             self._update_bank(b, post.mu, post.logvar, words)
         z = posterior_z = m.reparameterize(post.mu, post.logvar, self.generator)
@@ -426,8 +432,7 @@ class Trainer:
         if m.config.attention:
             keep = torch.rand(z.size(0), generator=self.generator) >= m.config.context_dropout
             if self._hard_keys:  # the epoch's hardest pairs always attend
-                rows = zip(words, b.src_tense.tolist(), b.tgt_tense.tolist(), strict=True)
-                hard = [r in self._hard_keys for r in rows]
+                hard = [k in self._hard_keys for k in keys]
                 keep |= torch.tensor(hard, dtype=torch.bool)
             if made_up:  # made-up stems can only be copied: they always attend
                 keep[z.size(0) - made_up :] = True
@@ -445,7 +450,7 @@ class Trainer:
         if t.prior_weight > 0:
             state, tgt_in, tgt_out, n = self._join_prior(z, b, post, use_context)
             per_word = reconstruction_loss(self._logits(tgt_in, state, tf), tgt_out)
-            self._note_losses(b, per_word[:n], use_context, words)
+            self._note_losses(b, per_word[:n], use_context, keys)
             recon, prior = per_word[:n].mean(), per_word[n:].mean()
             extra["prior_recon"] = prior.item()
             if t.prior_anchor != "posterior":
@@ -453,7 +458,7 @@ class Trainer:
         else:
             state = m.init_decoder(z, b.tgt_tense, post, use_context)
             per_word = reconstruction_loss(self._logits(b.tgt_in, state, tf), b.tgt_out)
-            self._note_losses(b, per_word, use_context, words)
+            self._note_losses(b, per_word, use_context, keys)
             recon = per_word.mean()
         kl_dims, share = self._kl(post.mu, post.logvar, posterior_used)
         kl_sum = kl_dims.clamp(min=t.free_bits).sum() if t.free_bits > 0 else kl_dims.sum()
@@ -496,19 +501,17 @@ class Trainer:
             **extra,
         }
 
-    def _note_losses(
-        self, b: Batch, per_word: torch.Tensor, use_context, words: list[str] | None = None
-    ) -> None:
+    def _note_losses(self, b: Batch, per_word: torch.Tensor, use_context, keys=None) -> None:
         """For hard_pairs: the loss of each pair of the batch decoded with attention (or of
-        every pair, without attention). Made-up stems are no pair and are passed over."""
+        every pair, without attention), found by its rows' ``keys`` (``batch_keys``, made
+        here if not given). Made-up stems are no pair and are passed over."""
         if not self.hard:
             return
         rows = range(per_word.size(0)) if use_context is None else use_context.nonzero()[:, 0]
         losses = per_word.detach().cpu()
-        words = self._source_words(b) if words is None else words
-        src_tense, tgt_tense = b.src_tense.tolist(), b.tgt_tense.tolist()
+        keys = batch_keys(self._source_words(b), b) if keys is None else keys
         for r in [int(r) for r in rows]:
-            for i in self._pair_rows.get((words[r], src_tense[r], tgt_tense[r]), ()):
+            for i in self._pair_rows.get(keys[r], ()):
                 self._pair_loss[i] = losses[r]
 
     def epoch_pairs(self) -> list[tuple[str, int, str, int]]:
