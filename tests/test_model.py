@@ -649,3 +649,28 @@ def test_out_of_training_the_cell_takes_tanh_by_the_sigmoid_and_lands_on_the_sam
     small = torch.full((8,), 0.01, dtype=torch.bfloat16)
     with torch.no_grad():
         assert torch.equal(tanh(small), torch.tanh(small))
+
+
+def test_attention_by_batched_products_equals_its_broadcast_form():
+    """Conversion scores the source with batched products, training with broadcast ones
+    (their backward is cheaper); both are the same attention, positions and mask included."""
+    from pipeline.model import _keyed_attention
+
+    g = torch.Generator().manual_seed(0)
+    B, S, H = 5, 7, 16
+    query, keys, values = (
+        torch.randn(*shape, generator=g) for shape in [(B, H), (B, S, H), (B, S, H)]
+    )
+    mask = torch.arange(S) < torch.tensor([7, 3, 5, 1, 6]).unsqueeze(1)
+    position = torch.randn(S, generator=g)
+    share, weights = _keyed_attention(query, keys, values, mask, position, broadcast=False)
+    want_w = torch.softmax(
+        (torch.einsum("bsh,bh->bs", keys, query) + position).masked_fill(~mask, float("-inf")), -1
+    )
+    assert torch.allclose(weights, want_w, atol=1e-6)
+    assert torch.allclose(share, torch.einsum("bs,bsh->bh", want_w, values), atol=1e-5)
+    again = _keyed_attention(query, keys, values, mask, position, broadcast=True)
+    assert torch.allclose(share, again[0], atol=1e-5) and torch.allclose(
+        weights, again[1], atol=1e-6
+    )
+    assert (weights[~mask] == 0).all()
