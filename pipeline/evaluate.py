@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -183,10 +184,13 @@ def _convert_chunk(
             raise
         # On some CPUs oneDNN builds no bf16 LSTM primitive for some batches (seen on an
         # AVX2 one on 2026-11-30, with packed batches whose words all had one length; bf16
-        # is refused on such CPUs since 2026-12-07): the encoder runs such a chunk in fp32;
-        # the decoder stays bf16.
+        # is refused on such CPUs since 2026-12-07): the fp32 original encodes such a
+        # chunk; the decoder stays bf16.
         with torch.autocast(dev.type, enabled=False):
-            post = model.encode(ids, lengths, s_t)
+            post = model.reference.encode(ids, lengths, s_t)
+        post = replace(
+            post, **{k: getattr(post, k).to(torch.bfloat16) for k in ("mu", "logvar", "memory")}
+        )
     z = model.reparameterize(post.mu, post.logvar, generator) if sample_z else post.mu
     state = model.init_decoder(z, torch.tensor(t, device=dev), post)
     if method == "roundtrip":

@@ -363,7 +363,9 @@ class TenseCVAE(nn.Module):
                 and type(self.attn_key) is nn.Linear
                 and type(self.combine) is nn.Linear
             ):
-                keys, values = self.source_keys(memory)
+                # contiguous: each step's batched products would otherwise copy the
+                # split's strided halves (in bf16; fp32's kernels read them in place)
+                keys, values = (t.contiguous() for t in self.source_keys(memory))
         return DecoderState(
             h0.unsqueeze(0).contiguous(),
             c0.unsqueeze(0).contiguous(),

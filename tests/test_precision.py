@@ -39,6 +39,25 @@ def test_the_int8_copy_runs_int8_and_leaves_the_original_alone(shipped):
     assert all(not n.startswith("reference") for n in q.state_dict())
 
 
+def test_the_bf16_form_holds_its_weights_in_bf16_and_leaves_the_original_alone(shipped):
+    try:
+        form = lowered(shipped, "bf16")
+    except PrecisionUnavailable as e:
+        pytest.skip(str(e))
+    assert {p.dtype for p in form.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in shipped.parameters()} == {torch.float32}
+    assert form.reference is shipped and lowered(form, "bf16") is form
+    assert all(not n.startswith("reference") for n in form.state_dict())
+    # out of training the source's keys and values are whole tensors: a batched product
+    # over a strided half would copy it at every step
+    with torch.no_grad(), precision.autocast(form):
+        ids, lengths, tense = torch.tensor([[4, 5, 6]]), torch.tensor([3]), torch.tensor([0])
+        post = form.encode(ids, lengths, tense)
+        state = form.init_decoder(post.mu, tense, post)
+    assert state.keys.dtype == torch.bfloat16
+    assert state.keys.is_contiguous() and state.values.is_contiguous()
+
+
 def test_lower_precision_moves_scores_a_little_not_a_lot(shipped, form):
     # two words of two lengths: a batch oneDNN runs in bf16 on the CPUs it computes bf16
     # on; where it builds no bf16 LSTM for a batch, conversion encodes it in fp32
