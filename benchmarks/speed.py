@@ -267,13 +267,31 @@ def conversions(quads) -> tuple[list[str], list[str], list[str]]:
     return words, src, tgt
 
 
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def timed(repeats: int, n: int, fn) -> tuple:
-    rates = []
+    """Words/s of ``fn`` (``n`` words) over ``repeats`` after one untimed pass: oneDNN
+    builds its kernels for each new shape on first use (a first bf16 pass over train.txt
+    ran about 15% slower than the next, 2026-12-07), which a bulk job pays once."""
+    fn()
+    return med([n / seconds(fn) for _ in range(repeats)])
+
+
+def paired(repeats: int, n: int, fn, base) -> tuple[tuple, tuple]:
+    """Words/s of ``fn`` and its speed over ``base``'s, the two timed in turn in each of
+    ``repeats`` rounds after one untimed pass each: each ratio is of two runs a few seconds
+    apart, so a host whose speed drifts over the run moves it less."""
+    fn(), base()
+    rates, ratios = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        rates.append(n / (time.perf_counter() - start))
-    return med(rates)
+        b, f = seconds(base), seconds(fn)
+        rates.append(n / f)
+        ratios.append(b / f)
+    return med(rates), med(ratios)
 
 
 def conversion_rates(model, repeats: int) -> dict:
@@ -290,16 +308,12 @@ def conversion_rates(model, repeats: int) -> dict:
     )
     reference = convert(model, words, src, tgt)
     for precision in ("bf16", "int8"):
-        out.update(
-            lowered_figures(
-                model, precision, (words, src, tgt), reference, repeats, out["greedy fp32"]
-            )
-        )
+        out.update(lowered_figures(model, precision, (words, src, tgt), reference, repeats))
     out["useful GFLOP per word (forward)"] = conversion_flops(model, words, reference) / 1e9
     return out
 
 
-def lowered_figures(model, precision, data, reference, repeats, fp32_rate) -> dict:
+def lowered_figures(model, precision, data, reference, repeats) -> dict:
     """bf16 or int8 as users run it (close calls decoded again in fp32) and alone: rates,
     and how its words compare with fp32's on train.txt, the shipped model's held-out verbs,
     test.txt and words fed in the wrong tense (the model's hardest inputs)."""
@@ -315,9 +329,11 @@ def lowered_figures(model, precision, data, reference, repeats, fp32_rate) -> di
     words, src, tgt = data
     n = len(words)
     out = {}
-    rate = timed(repeats, n, lambda: convert(form, words, src, tgt))
+    rate, ratio = paired(
+        repeats, n, lambda: convert(form, words, src, tgt), lambda: convert(model, words, src, tgt)
+    )
     out[f"greedy {precision}, close calls in fp32"] = rate
-    out[f"{precision} over fp32"] = f"{rate[0] / fp32_rate[0]:.2f}x"
+    out[f"{precision} over fp32, paired rounds"] = fmt(ratio, "x", 2)
 
     out[f"greedy {precision} alone"] = timed(
         repeats, n, lambda: closest_calls(form, words, src, tgt)
@@ -528,7 +544,8 @@ def main() -> None:
         f"# tensevae speed benchmark\n\nCommand: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`  \n"
         f"Run: {_host.span(started)}  \n"
         f"Machine: {_host.cpu()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{where}. Median (min-max) over {R} repeats (bulk jobs: {args.bulk_repeats}). Workers share "
+        f"{where}. Median (min-max) over {R} repeats (bulk jobs: {args.bulk_repeats}); in-process "
+        "conversion after one untimed pass, a lower precision timed in turn with fp32. Workers share "
         "the cores out: a lone worker runs one torch thread per core, two run half as many each.\n\n| figure | value |\n|---|---|\n"
     )
     text = header + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
