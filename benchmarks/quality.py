@@ -1,6 +1,7 @@
 """Quality benchmark: the shipped config against configs/lab.yaml, over several seeds.
 
     python benchmarks/quality.py [--seeds 3] [--lab-epochs 2] [--out benchmarks/results/quality.md]
+                                 [--keep-models DIR]
 
 For each config and seed it trains once with 10% of the verbs held out by verb (never the
 lab's test words), then reports: BLEU-4 on test.txt with the posterior mean and over 100
@@ -63,6 +64,7 @@ def run(
     holdout: float,
     compare: bool = True,
     trained: bool = False,
+    keep: Path | None = None,
 ) -> dict:
     cfg = pipeline.load_config(
         config_name,
@@ -77,6 +79,8 @@ def run(
     result = pipeline.train(cfg)
     seconds = time.perf_counter() - start
     model = result.model
+    if keep is not None:  # to score again later without training (same seed, same split)
+        pipeline.save(model, keep / f"{config_name}-seed{seed}")
     kept, held = split_by_verb(load_train(), holdout, seed, test_words())
     bleu = bleu_on(model, pipeline.data.load_test(), samples=100, seed=seed)
     g = gaussian(model, draws=20, seed=seed)
@@ -359,13 +363,19 @@ def main() -> None:
     )
     ap.add_argument("--holdout", type=float, default=0.1)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.md"))
+    ap.add_argument(
+        "--keep-models",
+        type=Path,
+        metavar="DIR",
+        help="also save each trained model in DIR (CONFIG-seedN), to score it again later",
+    )
     args = ap.parse_args()
     started, rate_before = _host.now(), _host.matmul_gflops()
     runs = []
     for name in args.configs:
         overrides = [f"train.epochs={args.lab_epochs}"] if name == "lab" else []
         for seed in range(args.seeds):
-            r = run(name, seed, overrides, args.holdout)
+            r = run(name, seed, overrides, args.holdout, keep=args.keep_models)
             print(
                 f"{name} seed {seed}: {r['seconds']:.0f}s bleu4 {r['bleu4']:.3f} "
                 f"gaussian {r['gaussian']:.3f} ({r['distinct']:.0f} distinct) "
