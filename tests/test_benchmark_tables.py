@@ -139,3 +139,28 @@ def test_a_run_span_names_its_date_once_on_one_day():
     assert _host.span("2000-01-02 03:04 UTC").startswith("2000-01-02 03:04 UTC to 20")
     today = _host.now()
     assert _host.span(today) in (f"{today[:-4]} to {today[11:]}", f"{today} to {_host.now()}")
+
+
+def test_a_quality_run_end_to_end_renders_and_keeps_its_model(tmp_path):
+    """One real (tiny) run of quality.run: every figure the table reads is there, and
+    --keep-models saves the very model it scored, as a folder pipeline.load reads."""
+    import quality
+    import torch
+
+    import pipeline
+
+    overrides = ["train.epochs=1", "train.max_lines=40"]
+    run = quality.run("tiny", 0, overrides, 0.1, compare=False, keep=tmp_path)
+    # LemmInflect is a benchmark-only dependency: its comparison row gets stand-in figures
+    shown = {**run, "lemminflect": _exact(0.99)}
+    shown["by_rule"] = {"lemminflect_ruled": 0.995, "lemminflect_rest": 0.95, **run["by_rule"]}
+    _check(quality.table([shown], 1, "python benchmarks/quality.py --configs tiny"))
+    kept = pipeline.load(tmp_path / "tiny-seed0")
+    retrained = pipeline.train(
+        pipeline.load_config(
+            "tiny",
+            ["train.seed=0", "train.val_fraction=0.1", "train.eval_gaussian_draws=1", *overrides],
+        )
+    ).model
+    for name, value in retrained.state_dict().items():
+        assert torch.equal(kept.state_dict()[name], value), name
