@@ -370,6 +370,11 @@ def main() -> None:
         help="also save each trained model in DIR (CONFIG-seedN), to score it again later",
     )
     args = ap.parse_args()
+    if args.keep_models is not None:  # refused now, not after the first seed's training
+        try:
+            args.keep_models.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            ap.error(f"--keep-models {args.keep_models}: {e.strerror or e}")
     started, rate_before = _host.now(), _host.matmul_gflops()
     runs = []
     for name in args.configs:
