@@ -42,7 +42,7 @@ def max_word_length(model: TenseCVAE) -> int:
 
 
 def check_words(model: TenseCVAE, words: Sequence[str]) -> list[str]:
-    """Words folded to lower case; WordError names the first that cannot be converted."""
+    """The words as the model reads them; WordError names the first that cannot be converted."""
     return model.vocab.check_all(words, model.config.max_length)
 
 
@@ -231,8 +231,8 @@ def log_likelihood(
     tgt: str | Sequence[str],
 ) -> torch.Tensor:
     """log p(target | source) under the model (N,), each target's characters and its end
-    scored teacher-forced, with z the posterior mean of its source. Words are folded to
-    lower case; WordError names one that holds anything but letters."""
+    scored teacher-forced, with z the posterior mean of its source. WordError names a word
+    that holds anything but lower-case letters."""
     if len(targets) != len(sources):
         raise ValueError("give one target per source")
     sources = [model.vocab.check(w) for w in sources]

@@ -232,11 +232,11 @@ def convert(
     """Each word converted greedily from ``src`` to ``tgt`` by the posterior mean, as
     ``pipeline.evaluate.convert`` does, and the places of the words whose closest call came
     within MARGIN: those must be decoded again by torch."""
-    folded = model.vocab.check_all(words, model.config.max_length)
-    if not folded:
+    checked = model.vocab.check_all(words, model.config.max_length)
+    if not checked:
         return [], []
-    ids, lengths = encode_words(folded, model.vocab)
-    n = len(folded)
+    ids, lengths = encode_words(checked, model.vocab)
+    n = len(checked)
     rows, margins = model.greedy(
         ids, lengths, np.full(n, tense_index(src)), np.full(n, tense_index(tgt))
     )

@@ -42,35 +42,37 @@ class Vocab:
         return frozenset(self.chars)
 
     def check(self, word: str) -> str:
-        """The word in lower case, or WordError naming why it cannot be read."""
+        """The word without the spaces around it, or WordError naming why it cannot be read:
+        nothing but the model's letters (a-z, lower case) is read."""
         if not isinstance(word, str):
             raise WordError(f"{word!r} is not a word (it is {type(word).__name__})")
-        folded = word.strip().lower()
-        if folded and self._charset.issuperset(folded):  # the usual case, checked at C speed
-            return folded
-        if not folded:
+        text = word.strip()
+        if text and self._charset.issuperset(text):  # the usual case, checked at C speed
+            return text
+        if not text:
             raise WordError("an empty word cannot be converted")
-        bad = sorted({c for c in folded if c not in self.chars})
-        if bad:
-            kind = "a space" if " " in bad else f"characters {''.join(bad)!r}"
+        bad = sorted({c for c in text if c not in self.chars})
+        alphabet = f"({self.chars[0]}-{self.chars[-1]})"
+        if self._charset.issuperset(text.lower()):  # capitals, and nothing else, are wrong
             raise WordError(
-                f"word {word!r} has {kind} outside the model's alphabet ({self.chars[0]}-"
-                f"{self.chars[-1]})"
+                f"word {word!r} has capitals ({''.join(bad)!r}): the model reads lower case "
+                f"{alphabet}; give {text.lower()!r}"
             )
-        return folded
+        kind = "a space" if " " in bad else f"characters {''.join(bad)!r}"
+        raise WordError(f"word {word!r} has {kind} outside the model's alphabet {alphabet}")
 
     def check_all(self, words: Sequence[str], max_length: int) -> list[str]:
-        """Words folded to lower case; WordError names the first that cannot be read, or
+        """The words as ``check`` reads them; WordError names the first that cannot be read, or
         that a decoder of ``max_length`` steps has no room to write in another form."""
         if isinstance(words, str):  # it would be read as a list of one-letter words
             raise TypeError(f"words are a list of words, not one string: give [{words!r}]")
         limit = max_word_length(max_length)
         out = []
         for w in words:
-            folded = self.check(w)
-            if len(folded) > limit:
+            word = self.check(w)
+            if len(word) > limit:
                 raise WordError(f"word {w!r} is longer than this model can write ({limit} letters)")
-            out.append(folded)
+            out.append(word)
         return out
 
     def encode(self, word: str) -> list[int]:

@@ -122,7 +122,7 @@ def test_one_off_conversion_with_the_shipped_model(tmp_path):
     p = tv(
         "convert",
         "abandon",
-        "Walk",
+        "walk",
         "--from",
         "sp",
         "--to",
@@ -133,7 +133,7 @@ def test_one_off_conversion_with_the_shipped_model(tmp_path):
     )
     out = json.loads(p.stdout)
     assert out[0]["output"] == "abandoned"
-    assert out[1]["word"] == "Walk" and out[1]["to"] == "p"
+    assert out[1]["word"] == "walk" and out[1]["to"] == "p"
 
 
 @pytest.mark.parametrize("precision", ["int8", "bf16"])
@@ -173,6 +173,7 @@ def test_one_off_conversion_imports_no_job_system(engine, unused):
     [
         (["convert", "ab1", "--from", "sp", "--to", "p"], "'ab1'"),
         (["convert", "re-do", "--from", "sp", "--to", "p"], "'-'"),
+        (["convert", "Walk", "--from", "sp", "--to", "p"], "has capitals ('W')"),
         (["convert", "walk", "--from", "sp", "--to", "future"], "unknown tense 'future'"),
         (["convert", "", "--from", "sp", "--to", "p"], "empty word"),
         (["convert", "a" * 60, "--from", "sp", "--to", "p"], "longer than"),

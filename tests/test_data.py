@@ -70,13 +70,16 @@ def test_file_problems(tmp_path):
         read_quads(tmp_path / "latin1.txt")
 
 
-def test_crlf_and_capitals_are_read(tmp_path):
+def test_crlf_is_read_and_a_capital_refused_by_line(tmp_path):
     f = tmp_path / "q.txt"
-    f.write_bytes(b"Walk walks walking walked\r\ntalk talks talking talked\r\n")
+    f.write_bytes(b"walk walks walking walked\r\ntalk talks talking talked\r\n")
     assert read_quads(f) == [
         ("walk", "walks", "walking", "walked"),
         ("talk", "talks", "talking", "talked"),
     ]
+    f.write_bytes(b"walk walks walking walked\r\nTalk talks talking talked\r\n")
+    with pytest.raises(DataError, match=r"q.txt:2: word 'Talk' has capitals"):
+        read_quads(f)
 
 
 def test_conversions_with_own_tenses_and_requests(tmp_path):

@@ -95,9 +95,10 @@ def _bulk_job(trained, path, content: bytes) -> tuple[dict, list[dict]]:
 def test_bulk_conversion_job_keeps_good_lines_and_records_bad_ones(backend, trained, tmp_path):
     text = b"abandon sp p\nWalk present past\nab1 sp p\nwalk sp future\nsplit sp ing\n"
     job, rows = _bulk_job(trained, tmp_path / "in.txt", text)
-    assert job["result"] == {"lines": 5, "converted": 3, "refused": 2}
+    assert job["result"] == {"lines": 5, "converted": 2, "refused": 3}
     assert [r["line"] for r in rows] == [1, 2, 3, 4, 5]
-    assert rows[1]["word"] == "walk" and rows[1]["src"] == "sp" and rows[1]["output"]
+    assert rows[1]["word"] == "Walk" and "give 'walk'" in rows[1]["error"]
+    assert rows[1]["output"] is None and rows[0]["output"] and rows[4]["output"]
     assert "ab1" in rows[2]["error"] and rows[2]["output"] is None
     assert "unknown tense 'future'" in rows[3]["error"]
 

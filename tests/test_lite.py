@@ -107,7 +107,9 @@ def test_each_architecture_option_matches_torch(tmp_path, kw):
 
 def test_words_are_checked_as_torch_checks_them(shipped):
     model, _ = shipped
-    assert lite.convert(model, ["Walk "], "sp", "p")[0] == ["walked"]
+    assert lite.convert(model, ["walk "], "sp", "p")[0] == ["walked"]
+    with pytest.raises(WordError, match="has capitals"):
+        lite.convert(model, ["Walk"], "sp", "p")
     with pytest.raises(WordError, match="outside the model's alphabet"):
         lite.convert(model, ["aband0n"], "sp", "p")
     with pytest.raises(WordError, match="longer than"):

@@ -27,14 +27,10 @@ def test_any_string_converts_or_is_refused_with_word_error(model, word):
         assert len(out) == 1 and set(out[0]) <= set(Vocab().chars)
 
 
-@given(
-    st.text(
-        alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=1, max_size=30
-    )
-)
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=30))
 def test_vocab_round_trips(word):
     v = Vocab()
-    assert v.decode(v.encode(word)) == word.lower()
+    assert v.decode(v.encode(word)) == word
 
 
 @settings(

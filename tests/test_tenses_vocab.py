@@ -42,8 +42,12 @@ def test_vocab_round_trip():
     assert v.decode([SOS, *v.encode("ab"), PAD]) == "ab"
 
 
-def test_vocab_folds_capitals():
-    assert Vocab().check("Abandon") == "abandon"
+def test_vocab_refuses_capitals_naming_the_word_to_give():
+    with pytest.raises(WordError, match=r"'Abandon' has capitals \('A'\).*give 'abandon'"):
+        Vocab().check("Abandon")
+    with pytest.raises(WordError, match="outside the model's alphabet"):  # not capitals alone
+        Vocab().check("Ab1")
+    assert Vocab().check(" abandon\n") == "abandon"
 
 
 @pytest.mark.parametrize("bad", ["ab1", "re-do", "don't", "two words", "café", "", "   "])
