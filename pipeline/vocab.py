@@ -51,11 +51,13 @@ class Vocab:
             return text
         if not text:
             raise WordError("an empty word cannot be converted")
-        bad = sorted({c for c in text if c not in self.chars})
         alphabet = f"({self.chars[0]}-{self.chars[-1]})"
-        if self._charset.issuperset(text.lower()):  # capitals, and nothing else, are wrong
+        # what no case makes a letter is named first; capitals alone get the word to give
+        bad = sorted({c for c in text.lower() if c not in self.chars})
+        if not bad:
+            capitals = "".join(sorted({c for c in text if c not in self.chars}))
             raise WordError(
-                f"word {word!r} has capitals ({''.join(bad)!r}): the model reads lower case "
+                f"word {word!r} has capitals ({capitals!r}): the model reads lower case "
                 f"{alphabet}; give {text.lower()!r}"
             )
         kind = "a space" if " " in bad else f"characters {''.join(bad)!r}"

@@ -123,11 +123,13 @@ def test_evaluate_convert_generate(tiny_run, tmp_path):
         len([k for k in unseen["exact_match"] if "->" in k]) == 12
         and "mean" in unseen["exact_match"]
     )
-    out = pipeline.convert(model, ["Abandon", "walk"], "sp", "past")
+    out = pipeline.convert(model, ["abandon", "walk"], "sp", "past")
     assert len(out) == 2 and all(isinstance(o, str) for o in out)
     assert pipeline.convert(model, ["walk"] * 3, ["sp", "tp", "pg"], "p")[0] == out[1]
     with pytest.raises(WordError, match="'ab1'"):
         pipeline.convert(model, ["ab1"], "sp", "p")
+    with pytest.raises(WordError, match="has capitals"):
+        pipeline.convert(model, ["Abandon"], "sp", "p")
     with pytest.raises(WordError, match="longer than"):
         pipeline.convert(model, ["a" * 40], "sp", "p")
     gen = pipeline.generate(model, 5, seed=1)
