@@ -73,14 +73,23 @@ def make_optimizer(model: TenseCVAE, config: Config) -> torch.optim.Optimizer:
     return cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 
 
-def pair_key(pair: tuple[str, int, str, int]) -> tuple[str, int, int]:
-    """What tells a pair apart in a batch: its source, the source's tense, the target tense."""
-    return pair[0], pair[1], pair[3]
+PairKey = tuple[str, int, str, int]
 
 
-def batch_keys(words: list[str], b: Batch) -> list[tuple[str, int, int]]:
-    """pair_key of each row of a batch, from its source ``words`` (decoded once a step)."""
-    return list(zip(words, b.src_tense.tolist(), b.tgt_tense.tolist(), strict=True))
+def pair_key(pair: tuple[str, int, str, int]) -> PairKey:
+    """What tells a pair apart in a batch: the whole pair (source, its tense, target, its
+    tense). Data may give one source form and tenses two targets (a user's `lie ... lay` and
+    `lie ... lied`): each keeps its own loss and hardness."""
+    return pair[0], pair[1], pair[2], pair[3]
+
+
+def batch_keys(words: list[str], b: Batch, vocab, rows: int) -> list[PairKey | None]:
+    """pair_key of each row of a batch, from its source ``words`` (decoded once a step) and
+    its targets; rows from ``rows`` on (made-up stems, appended last) are no pair: None."""
+    targets = [vocab.decode(ids) for ids in b.tgt_out[:rows].tolist()]
+    src, tgt = b.src_tense.tolist(), b.tgt_tense.tolist()
+    keys: list[PairKey | None] = [(words[r], src[r], targets[r], tgt[r]) for r in range(rows)]
+    return keys + [None] * (len(words) - rows)
 
 
 class Trainer:
@@ -109,13 +118,13 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(t.seed)
         # each pair's loss when last decoded with attention, for hard_pairs
         self._pair_loss = torch.zeros(len(self.pairs))
-        # a pair's rows in pairs, by (source, its tense, target tense): a line repeated in
+        # a pair's rows in pairs, by the whole pair (pair_key): a line repeated in
         # the data gives its pairs once per copy, and a loss or a hard pick counts for all
-        self._pair_rows: dict[tuple[str, int, int], list[int]] = {}
+        self._pair_rows: dict[PairKey, list[int]] = {}
         for i, p in enumerate(self.pairs):
             self._pair_rows.setdefault(pair_key(p), []).append(i)
         # hard_pairs_attend: this epoch's hardest pairs, by key (every copy of one is hard)
-        self._hard_keys: set[tuple[str, int, int]] = set()
+        self._hard_keys: set[PairKey] = set()
         # every (form, its tense) of a line that inflects by rule: a pair's line is its source's
         self._regular = (
             {(w, i) for q in self.kept if regular(q) for i, w in enumerate(q)}
@@ -424,7 +433,7 @@ class Trainer:
         post = m.encode(b.src, b.src_len, b.src_tense)
         fresh_bank = t.prior_weight > 0 and self._bank is not None
         words = self._source_words(b) if fresh_bank or self.hard else None
-        keys = batch_keys(words, b) if self.hard else None
+        keys = batch_keys(words, b, m.vocab, b.src.size(0) - made_up) if self.hard else None
         if fresh_bank:
             self._update_bank(b, post.mu, post.logvar, words)
         z = posterior_z = m.reparameterize(post.mu, post.logvar, self.generator)
@@ -504,15 +513,18 @@ class Trainer:
     def _note_losses(self, b: Batch, per_word: torch.Tensor, use_context, keys=None) -> None:
         """For hard_pairs: the loss of each pair of the batch decoded with attention (or of
         every pair, without attention), found by its rows' ``keys`` (``batch_keys``, made
-        here if not given). Made-up stems are no pair and are passed over."""
+        here for a batch of pairs alone if not given). Made-up stems, whose keys are None,
+        are no pair and are passed over, even where one spells a real pair."""
         if not self.hard:
             return
         rows = range(per_word.size(0)) if use_context is None else use_context.nonzero()[:, 0]
         losses = per_word.detach().cpu()
-        keys = batch_keys(self._source_words(b), b) if keys is None else keys
+        if keys is None:
+            keys = batch_keys(self._source_words(b), b, self.model.vocab, b.src.size(0))
         for r in [int(r) for r in rows]:
-            for i in self._pair_rows.get(keys[r], ()):
-                self._pair_loss[i] = losses[r]
+            if keys[r] is not None:
+                for i in self._pair_rows.get(keys[r], ()):
+                    self._pair_loss[i] = losses[r]
 
     def epoch_pairs(self) -> list[tuple[str, int, str, int]]:
         """The epoch's pairs: every pair, and with hard_pairs the hardest again (ties, as in

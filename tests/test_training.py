@@ -698,6 +698,38 @@ def test_a_repeated_line_shares_its_pairs_loss_and_hardness(tiny_config):
     assert seen[0].tolist() == [True, False]
 
 
+def test_pairs_are_told_apart_by_their_target_and_made_up_rows_note_no_loss(tiny_config):
+    """One source form and tenses may lead to two targets in a user's data (`lie ... lay`
+    and `lie ... lied`): each pair keeps its own loss. A made-up row that happens to spell a
+    real pair is still no pair: its loss is noted nowhere."""
+    from pipeline import training
+    from pipeline.data import make_batch
+
+    quads = [
+        ("lie", "lies", "lying", "lay"),
+        ("lie", "lies", "lying", "lied"),
+        ("walk", "walks", "walking", "walked"),
+    ]
+    cfg = tiny_config.replace(
+        model={"context_dropout": 1.0},
+        train={"hard_pairs": 0.5, "val_fraction": 0.0, "max_lines": 0},
+    )
+    trainer = training.Trainer(cfg, quads, "cpu")
+    lay, lied = ("lie", 0, "lay", 3), ("lie", 0, "lied", 3)
+    assert len(trainer._pair_rows[lay]) == len(trainer._pair_rows[lied]) == 1
+    batch = make_batch([lay], trainer.model.vocab)
+    trainer._note_losses(batch, torch.tensor([9.0]), torch.tensor([True]))
+    (row,) = trainer._pair_rows[lay]
+    assert trainer._pair_loss.nonzero()[:, 0].tolist() == [row]
+    # the same pair twice, the second row made up (appended last): only the first counts
+    walk = ("walk", 0, "walked", 3)
+    batch = make_batch([walk, walk], trainer.model.vocab)
+    keys = training.batch_keys(["walk", "walk"], batch, trainer.model.vocab, rows=1)
+    assert keys == [walk, None]
+    trainer._note_losses(batch, torch.tensor([2.0, 7.0]), torch.tensor([True, True]), keys)
+    assert trainer._pair_loss[trainer._pair_rows[walk]].tolist() == [2.0]
+
+
 @pytest.mark.parametrize("on", [True, False])
 def test_hard_pairs_attend_in_both_their_passes(tiny_config, on):
     """With train.hard_pairs_attend the epoch's hardest pairs always attend (here context
