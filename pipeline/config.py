@@ -158,7 +158,9 @@ class TrainConfig:
     # Share of an epoch's pairs trained twice: the hardest, by their loss when last decoded
     # with attention (in the first epoch, a random share). The rule that attending learns is
     # met far more often than a verb's exceptions (take -> took): these pairs get a second
-    # pass each epoch. 0: off.
+    # pass each epoch. A pair is known by all four of its parts (lie -> lay and lie -> lied
+    # are two), a line given twice shares its pairs' losses, and made-up rows count for no
+    # pair. 0: off.
     hard_pairs: float = 0.0
     # With hard_pairs and attention: the epoch's hardest pairs always attend, in both their
     # passes, instead of attending at context dropout's odds. They are chosen by their loss
