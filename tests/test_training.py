@@ -730,6 +730,26 @@ def test_pairs_are_told_apart_by_their_target_and_made_up_rows_note_no_loss(tiny
     assert trainer._pair_loss[trainer._pair_rows[walk]].tolist() == [2.0]
 
 
+def test_a_training_step_keys_its_made_up_rows_as_no_pair(tiny_config, monkeypatch):
+    """Made-up rows, appended after a batch's pairs, reach the loss notes with no key even
+    when their letters spell the very pairs they came from."""
+    from pipeline import training
+    from pipeline.data import Batch, make_batch
+
+    cfg = tiny_config.replace(train={"hard_pairs": 0.5, "made_up_stems": 0.5, "max_lines": 40})
+    trainer = training.Trainer(cfg, pipeline.data.load_train(), "cpu")
+
+    def spelled_as_real(b, vocab, share, generator, eligible=None):  # every row, unchanged
+        return Batch(*(torch.cat([t, t]) for t in vars(b).values())), b.src.size(0)
+
+    monkeypatch.setattr(training, "made_up_stems", spelled_as_real)
+    seen, note = [], trainer._note_losses
+    trainer._note_losses = lambda b, w, c, keys=None: (seen.append(keys), note(b, w, c, keys))
+    pairs = trainer.pairs[:3]
+    trainer.train_step(make_batch(pairs, trainer.model.vocab))
+    assert seen == [[training.pair_key(p) for p in pairs] + [None] * 3]
+
+
 @pytest.mark.parametrize("on", [True, False])
 def test_hard_pairs_attend_in_both_their_passes(tiny_config, on):
     """With train.hard_pairs_attend the epoch's hardest pairs always attend (here context
