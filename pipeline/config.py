@@ -138,6 +138,10 @@ class TrainConfig:
     tf_end: float = 1.0  # ... and at the end
     tf_shape: str = "linear"  # constant, linear, cosine or step (halfway)
     word_dropout: float = 0.0  # share of decoder input characters replaced by <unk>
+    # Share of each character's training target spread evenly over the alphabet (label
+    # smoothing, on every decoded row: pairs, made-up stems, prior draws). The hardest pairs
+    # are chosen by this smoothed loss too. Scoring and decoding are unaffected. 0: off.
+    label_smoothing: float = 0.0
     # With attention: a share of each batch's pairs added again under made-up stems (letters
     # the source and target share changed alike, the last 3 spared; pipeline.data
     # .made_up_stems), always decoded with attention and z from the prior: verbs no one has
@@ -319,6 +323,7 @@ def validate(cfg: Config) -> None:
         ),
         (0 <= t.tf_start <= 1 and 0 <= t.tf_end <= 1, "teacher-forcing ratios must lie in [0, 1]"),
         (0 <= t.word_dropout < 1, "train.word_dropout must lie in [0, 1)"),
+        (0 <= t.label_smoothing < 1, "train.label_smoothing must lie in [0, 1)"),
         (0 <= t.made_up_stems <= 1, "train.made_up_stems must lie in [0, 1]"),
         (0 <= t.made_up_prefixes <= 1, "train.made_up_prefixes must lie in [0, 1]"),
         (0 <= t.ema < 1, "train.ema must lie in [0, 1)"),

@@ -687,7 +687,16 @@ def mmd(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return off(kxx, n) + off(kyy, m) - 2 * kxy.mean()
 
 
-def reconstruction_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy summed over each word's characters, (B,); padding is ignored."""
-    ce = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=PAD, reduction="none")
+def reconstruction_loss(
+    logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0
+) -> torch.Tensor:
+    """Cross-entropy summed over each word's characters, (B,); padding is ignored.
+    ``smoothing``: label smoothing (training only; 0 is the log-likelihood itself)."""
+    ce = F.cross_entropy(
+        logits.transpose(1, 2),
+        target,
+        ignore_index=PAD,
+        reduction="none",
+        label_smoothing=smoothing,
+    )
     return ce.sum(dim=1)

@@ -458,7 +458,9 @@ class Trainer:
         extra = {}
         if t.prior_weight > 0:
             state, tgt_in, tgt_out, n = self._join_prior(z, b, post, use_context)
-            per_word = reconstruction_loss(self._logits(tgt_in, state, tf), tgt_out)
+            per_word = reconstruction_loss(
+                self._logits(tgt_in, state, tf), tgt_out, t.label_smoothing
+            )
             self._note_losses(b, per_word[:n], use_context, keys)
             recon, prior = per_word[:n].mean(), per_word[n:].mean()
             extra["prior_recon"] = prior.item()
@@ -466,7 +468,9 @@ class Trainer:
                 extra["prior_anchored"] = self._prior_anchored
         else:
             state = m.init_decoder(z, b.tgt_tense, post, use_context)
-            per_word = reconstruction_loss(self._logits(b.tgt_in, state, tf), b.tgt_out)
+            per_word = reconstruction_loss(
+                self._logits(b.tgt_in, state, tf), b.tgt_out, t.label_smoothing
+            )
             self._note_losses(b, per_word, use_context, keys)
             recon = per_word.mean()
         kl_dims, share = self._kl(post.mu, post.logvar, posterior_used)

@@ -52,6 +52,21 @@ def test_padding_never_reaches_the_loss():
     assert torch.allclose(loss, reconstruction_loss(garbage, b.tgt_out))
 
 
+def test_label_smoothing_spreads_a_share_of_each_target_over_the_alphabet():
+    m = _model(attention=True, copy=True)
+    b = make_batch(PAIRS, m.vocab)
+    post = m.encode(b.src, b.src_len, b.src_tense)
+    logits = m.decode(b.tgt_in, m.init_decoder(post.mu, b.tgt_tense, post))
+    plain = reconstruction_loss(logits, b.tgt_out)
+    assert torch.equal(reconstruction_loss(logits, b.tgt_out, 0.0), plain)
+    logp = torch.log_softmax(logits, dim=-1)  # the copy mix's log-probabilities already
+    real = b.tgt_out != PAD
+    uniform = (-logp.mean(-1) * real).sum(1)  # each real character's mean surprise
+    expected = 0.9 * plain + 0.1 * uniform
+    assert torch.allclose(reconstruction_loss(logits, b.tgt_out, 0.1), expected, atol=1e-5)
+    assert (reconstruction_loss(logits, b.tgt_out, 0.1) != plain).all()
+
+
 def test_encoder_ignores_padding():
     m = _model(bidirectional=True, attention=True)
     alone = make_batch([PAIRS[1]], m.vocab)

@@ -485,6 +485,26 @@ def test_the_mmd_penalty_and_free_nats_train_and_are_reported(tiny_config):
     assert "mmd" not in plain.history[0] and plain.history[0]["loss"] != figures["loss"]
 
 
+def test_label_smoothing_reaches_the_training_loss_only(tiny_config, monkeypatch):
+    from pipeline import training
+
+    asked = []
+    real = training.reconstruction_loss
+
+    def spy(logits, target, smoothing=0.0):
+        asked.append(smoothing)
+        return real(logits, target, smoothing)
+
+    monkeypatch.setattr(training, "reconstruction_loss", spy)
+    base = {"eval_gaussian_draws": 0, "epochs": 1}
+    smoothed = pipeline.train(tiny_config.replace(train={**base, "label_smoothing": 0.1}))
+    assert asked and set(asked) == {0.1}
+    asked.clear()
+    plain = pipeline.train(tiny_config.replace(train=base))
+    assert set(asked) == {0.0}
+    assert smoothed.history[0]["loss"] > plain.history[0]["loss"]  # the uniform share costs
+
+
 def _spy_on_kl(monkeypatch) -> list:
     """Each training step's mask of the words whose posterior z carries the KL term."""
     from pipeline import training
