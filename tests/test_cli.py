@@ -119,6 +119,23 @@ def test_version(tmp_path):
     assert tv("--version", home=tmp_path, check=0).stdout == f"tensevae {version('tensevae')}\n"
 
 
+def test_empty_listings_say_so_on_standard_error(tmp_path):
+    """A new database lists no jobs and no models: standard output keeps the header alone
+    (a script reading it sees no rows), standard error says why it is empty."""
+    for args, note in [
+        (["jobs"], "(no jobs yet: submit one"),
+        (["jobs", "--state", "failed"], "(no jobs match)"),
+        (["results"], "(no models yet: train one"),
+    ]:
+        p = tv(*args, home=tmp_path, check=0)
+        assert len(p.stdout.splitlines()) == 1, p.stdout
+        assert p.stderr.startswith(note), p.stderr
+    tv("generate", "-n", "1", "--wait", home=tmp_path, check=0)
+    p = tv("jobs", home=tmp_path, check=0)
+    assert len(p.stdout.splitlines()) == 2 and p.stderr == "", (p.stdout, p.stderr)
+    assert tv("jobs", "--state", "failed", home=tmp_path, check=0).stderr == "(no jobs match)\n"
+
+
 def test_one_off_conversion_with_the_shipped_model(tmp_path):
     p = tv(
         "convert",

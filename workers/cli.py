@@ -669,6 +669,8 @@ def cmd_jobs(args) -> int:
     print(
         f"{'id':>5} {'kind':<9} {'state':<10} {'progress':>8}  {'queue':<6} {'worker':<24} message"
     )
+    if not jobs:
+        _say_none("jobs", args.state or args.kind, "submit one with `tensevae train` or `convert`")
     for j in jobs:
         msg = j["error"] or j["message"] or ""
         print(
@@ -713,6 +715,8 @@ def cmd_results(args) -> int:
         f"{'model':>5} {'job':>5} {'name':<24} {'bleu4':>7} {'bleu4~z':>15} {'gaussian':>15} "
         f"{'joint':>15} {'exact':>6} {'unseen':>6}"
     )
+    if not models:
+        _say_none("models", False, "train one with `tensevae train --wait`")
     for m in models:
         s = m["scores"]
 
@@ -731,6 +735,15 @@ def cmd_results(args) -> int:
             f"{fig('unseen_exact:sp_mean'):>6}"
         )
     return 0
+
+
+def _say_none(what: str, filtered, hint: str) -> None:
+    """On standard error, so that a listing piped elsewhere stays its header alone: that
+    the database holds none of ``what`` (or none that the filters match)."""
+    if filtered:
+        print(f"(no {what} match)", file=sys.stderr)
+    else:
+        print(f"(no {what} yet: {hint})", file=sys.stderr)
 
 
 def _names_in_short(names: list[str]) -> str:
