@@ -142,6 +142,9 @@ class TrainConfig:
     # smoothing, on every decoded row: pairs, made-up stems, prior draws). The hardest pairs
     # are chosen by this smoothed loss too. Scoring and decoding are unaffected. 0: off.
     label_smoothing: float = 0.0
+    # false: the epoch's hardest pairs (train.hard_pairs) train without label smoothing,
+    # in both their passes, so the exceptions they mostly are keep their whole target.
+    label_smoothing_hard: bool = True
     # With attention: a share of each batch's pairs added again under made-up stems (letters
     # the source and target share changed alike, the last 3 spared; pipeline.data
     # .made_up_stems), always decoded with attention and z from the prior: verbs no one has
@@ -324,6 +327,11 @@ def validate(cfg: Config) -> None:
         (0 <= t.tf_start <= 1 and 0 <= t.tf_end <= 1, "teacher-forcing ratios must lie in [0, 1]"),
         (0 <= t.word_dropout < 1, "train.word_dropout must lie in [0, 1)"),
         (0 <= t.label_smoothing < 1, "train.label_smoothing must lie in [0, 1)"),
+        (
+            t.label_smoothing_hard or (t.label_smoothing > 0 and t.hard_pairs > 0),
+            "train.label_smoothing_hard=false needs train.label_smoothing and train.hard_pairs "
+            "above 0",
+        ),
         (0 <= t.made_up_stems <= 1, "train.made_up_stems must lie in [0, 1]"),
         (0 <= t.made_up_prefixes <= 1, "train.made_up_prefixes must lie in [0, 1]"),
         (0 <= t.ema < 1, "train.ema must lie in [0, 1)"),

@@ -688,10 +688,17 @@ def mmd(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def reconstruction_loss(
-    logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0
+    logits: torch.Tensor, target: torch.Tensor, smoothing: float | torch.Tensor = 0.0
 ) -> torch.Tensor:
     """Cross-entropy summed over each word's characters, (B,); padding is ignored.
-    ``smoothing``: label smoothing (training only; 0 is the log-likelihood itself)."""
+    ``smoothing``: label smoothing (training only; 0 is the log-likelihood itself), one
+    share for every row or one per row (B,)."""
+    if isinstance(smoothing, torch.Tensor):
+        nll = reconstruction_loss(logits, target)
+        real = (target != PAD).to(logits.dtype)
+        spread = (-torch.log_softmax(logits, dim=-1).mean(-1) * real).sum(1)
+        share = smoothing.to(logits.dtype)
+        return (1 - share) * nll + share * spread
     ce = F.cross_entropy(
         logits.transpose(1, 2),
         target,

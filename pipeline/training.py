@@ -440,7 +440,7 @@ class Trainer:
         use_context = posterior_used = None
         if m.config.attention:
             keep = torch.rand(z.size(0), generator=self.generator) >= m.config.context_dropout
-            if self._hard_keys:  # the epoch's hardest pairs always attend
+            if t.hard_pairs_attend:  # the epoch's hardest pairs always attend
                 hard = [k in self._hard_keys for k in keys]
                 keep |= torch.tensor(hard, dtype=torch.bool)
             if made_up:  # made-up stems can only be copied: they always attend
@@ -459,7 +459,7 @@ class Trainer:
         if t.prior_weight > 0:
             state, tgt_in, tgt_out, n = self._join_prior(z, b, post, use_context)
             per_word = reconstruction_loss(
-                self._logits(tgt_in, state, tf), tgt_out, t.label_smoothing
+                self._logits(tgt_in, state, tf), tgt_out, self._smoothing(tgt_out, keys)
             )
             self._note_losses(b, per_word[:n], use_context, keys)
             recon, prior = per_word[:n].mean(), per_word[n:].mean()
@@ -469,7 +469,7 @@ class Trainer:
         else:
             state = m.init_decoder(z, b.tgt_tense, post, use_context)
             per_word = reconstruction_loss(
-                self._logits(b.tgt_in, state, tf), b.tgt_out, t.label_smoothing
+                self._logits(b.tgt_in, state, tf), b.tgt_out, self._smoothing(b.tgt_out, keys)
             )
             self._note_losses(b, per_word, use_context, keys)
             recon = per_word.mean()
@@ -514,6 +514,18 @@ class Trainer:
             **extra,
         }
 
+    def _smoothing(self, target: torch.Tensor, keys) -> float | torch.Tensor:
+        """Label smoothing for a step's decoded rows (the batch's, then any prior draws'):
+        train.label_smoothing for each, or, with train.label_smoothing_hard false, none for
+        the rows of the epoch's hardest pairs."""
+        t = self.config.train
+        if t.label_smoothing_hard or not self._hard_keys:
+            return t.label_smoothing
+        share = torch.full((target.size(0),), t.label_smoothing)
+        hard = torch.tensor([k in self._hard_keys for k in keys], dtype=torch.bool)
+        share[: len(keys)][hard] = 0.0
+        return share.to(target.device)
+
     def _note_losses(self, b: Batch, per_word: torch.Tensor, use_context, keys=None) -> None:
         """For hard_pairs: the loss of each pair of the batch decoded with attention (or of
         every pair, without attention), found by its rows' ``keys`` (``batch_keys``, made
@@ -537,8 +549,7 @@ class Trainer:
             return self.pairs
         jitter = torch.rand(len(self.pairs), generator=self.generator) * 1e-3
         hardest = (self._pair_loss + jitter).topk(self.hard).indices.tolist()
-        if self.config.train.hard_pairs_attend:
-            self._hard_keys = {pair_key(self.pairs[i]) for i in hardest}
+        self._hard_keys = {pair_key(self.pairs[i]) for i in hardest}
         return self.pairs + [self.pairs[i] for i in hardest]
 
     # -- one epoch ------------------------------------------------------------------

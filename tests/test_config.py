@@ -59,6 +59,11 @@ def test_overrides():
         (["hard_pairs=0.2", "hard_pairs_attend=true"], "and model.attention"),
         (["ema=1"], "train.ema must lie in"),
         (["label_smoothing=1"], r"train.label_smoothing must lie in \[0, 1\)"),
+        (["label_smoothing_hard=false"], "label_smoothing_hard=false needs train.label_smoothing"),
+        (
+            ["label_smoothing=0.1", "label_smoothing_hard=false"],
+            "and train.hard_pairs above 0",
+        ),
         (["prior_anchor_fallback=far"], "prior_anchor_fallback must be likeliest or under_cap"),
         (["lr=1e400"], r"train.lr: expected a finite number, got '1e400'"),
         (["kl_max=nan"], r"train.kl_max: expected a finite number, got 'nan'"),

@@ -65,6 +65,8 @@ def test_label_smoothing_spreads_a_share_of_each_target_over_the_alphabet():
     expected = 0.9 * plain + 0.1 * uniform
     assert torch.allclose(reconstruction_loss(logits, b.tgt_out, 0.1), expected, atol=1e-5)
     assert (reconstruction_loss(logits, b.tgt_out, 0.1) != plain).all()
+    by_row = reconstruction_loss(logits, b.tgt_out, torch.tensor([0.1, 0.0, 0.1]))
+    assert torch.allclose(by_row, torch.stack([expected[0], plain[1], expected[2]]), atol=1e-5)
 
 
 def test_encoder_ignores_padding():

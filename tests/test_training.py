@@ -505,6 +505,26 @@ def test_label_smoothing_reaches_the_training_loss_only(tiny_config, monkeypatch
     assert smoothed.history[0]["loss"] > plain.history[0]["loss"]  # the uniform share costs
 
 
+def test_label_smoothing_can_spare_the_hardest_pairs(tiny_config, monkeypatch):
+    from pipeline import training
+
+    seen = []  # each step's smoothing, and whether the step had hard pairs to spare
+    real = training.reconstruction_loss
+
+    def spy(logits, target, smoothing=0.0):
+        seen.append(smoothing)
+        return real(logits, target, smoothing)
+
+    monkeypatch.setattr(training, "reconstruction_loss", spy)
+    train = {"eval_gaussian_draws": 0, "epochs": 2, "hard_pairs": 0.25, "label_smoothing": 0.1}
+    pipeline.train(tiny_config.replace(train={**train, "label_smoothing_hard": False}))
+    rows = [s for s in seen if isinstance(s, torch.Tensor)]
+    assert len(rows) == len(seen)  # even the first epoch's (random) hardest quarter
+    spared = sum(int((r == 0).sum()) for r in rows)
+    smoothed = sum(int(torch.isclose(r, torch.tensor(0.1)).sum()) for r in rows)
+    assert spared > 0 and smoothed > 0 and spared + smoothed == sum(r.numel() for r in rows)
+
+
 def _spy_on_kl(monkeypatch) -> list:
     """Each training step's mask of the words whose posterior z carries the KL term."""
     from pipeline import training
