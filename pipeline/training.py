@@ -434,6 +434,9 @@ class Trainer:
         fresh_bank = t.prior_weight > 0 and self._bank is not None
         words = self._source_words(b) if fresh_bank or self.hard else None
         keys = batch_keys(words, b, m.vocab, b.src.size(0) - made_up) if self.hard else None
+        hard = None  # the rows of the epoch's hardest pairs, where an option treats them apart
+        if keys is not None and (t.hard_pairs_attend or not t.label_smoothing_hard):
+            hard = torch.tensor([k in self._hard_keys for k in keys], dtype=torch.bool)
         if fresh_bank:
             self._update_bank(b, post.mu, post.logvar, words)
         z = posterior_z = m.reparameterize(post.mu, post.logvar, self.generator)
@@ -441,8 +444,7 @@ class Trainer:
         if m.config.attention:
             keep = torch.rand(z.size(0), generator=self.generator) >= m.config.context_dropout
             if t.hard_pairs_attend:  # the epoch's hardest pairs always attend
-                hard = [k in self._hard_keys for k in keys]
-                keep |= torch.tensor(hard, dtype=torch.bool)
+                keep |= hard
             if made_up:  # made-up stems can only be copied: they always attend
                 keep[z.size(0) - made_up :] = True
             use_context = keep.to(z.device)
@@ -459,7 +461,7 @@ class Trainer:
         if t.prior_weight > 0:
             state, tgt_in, tgt_out, n = self._join_prior(z, b, post, use_context)
             per_word = reconstruction_loss(
-                self._logits(tgt_in, state, tf), tgt_out, self._smoothing(tgt_out, keys)
+                self._logits(tgt_in, state, tf), tgt_out, self._smoothing(tgt_out, hard)
             )
             self._note_losses(b, per_word[:n], use_context, keys)
             recon, prior = per_word[:n].mean(), per_word[n:].mean()
@@ -469,7 +471,7 @@ class Trainer:
         else:
             state = m.init_decoder(z, b.tgt_tense, post, use_context)
             per_word = reconstruction_loss(
-                self._logits(b.tgt_in, state, tf), b.tgt_out, self._smoothing(b.tgt_out, keys)
+                self._logits(b.tgt_in, state, tf), b.tgt_out, self._smoothing(b.tgt_out, hard)
             )
             self._note_losses(b, per_word, use_context, keys)
             recon = per_word.mean()
@@ -514,16 +516,15 @@ class Trainer:
             **extra,
         }
 
-    def _smoothing(self, target: torch.Tensor, keys) -> float | torch.Tensor:
+    def _smoothing(self, target: torch.Tensor, hard: torch.Tensor | None) -> float | torch.Tensor:
         """Label smoothing for a step's decoded rows (the batch's, then any prior draws'):
         train.label_smoothing for each, or, with train.label_smoothing_hard false, none for
-        the rows of the epoch's hardest pairs."""
+        the rows of the epoch's hardest pairs (``hard``, over the batch's rows)."""
         t = self.config.train
-        if t.label_smoothing_hard or not self._hard_keys:
+        if t.label_smoothing_hard or hard is None:
             return t.label_smoothing
         share = torch.full((target.size(0),), t.label_smoothing)
-        hard = torch.tensor([k in self._hard_keys for k in keys], dtype=torch.bool)
-        share[: len(keys)][hard] = 0.0
+        share[: hard.numel()][hard] = 0.0
         return share.to(target.device)
 
     def _note_losses(self, b: Batch, per_word: torch.Tensor, use_context, keys=None) -> None:

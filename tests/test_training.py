@@ -485,17 +485,23 @@ def test_the_mmd_penalty_and_free_nats_train_and_are_reported(tiny_config):
     assert "mmd" not in plain.history[0] and plain.history[0]["loss"] != figures["loss"]
 
 
-def test_label_smoothing_reaches_the_training_loss_only(tiny_config, monkeypatch):
+def _spy_on_smoothing(monkeypatch) -> list:
+    """The label smoothing each training loss was computed with, in order."""
     from pipeline import training
 
-    asked = []
+    seen = []
     real = training.reconstruction_loss
 
     def spy(logits, target, smoothing=0.0):
-        asked.append(smoothing)
+        seen.append(smoothing)
         return real(logits, target, smoothing)
 
     monkeypatch.setattr(training, "reconstruction_loss", spy)
+    return seen
+
+
+def test_label_smoothing_reaches_the_training_loss_only(tiny_config, monkeypatch):
+    asked = _spy_on_smoothing(monkeypatch)
     base = {"eval_gaussian_draws": 0, "epochs": 1}
     smoothed = pipeline.train(tiny_config.replace(train={**base, "label_smoothing": 0.1}))
     assert asked and set(asked) == {0.1}
@@ -506,16 +512,7 @@ def test_label_smoothing_reaches_the_training_loss_only(tiny_config, monkeypatch
 
 
 def test_label_smoothing_can_spare_the_hardest_pairs(tiny_config, monkeypatch):
-    from pipeline import training
-
-    seen = []  # each step's smoothing, and whether the step had hard pairs to spare
-    real = training.reconstruction_loss
-
-    def spy(logits, target, smoothing=0.0):
-        seen.append(smoothing)
-        return real(logits, target, smoothing)
-
-    monkeypatch.setattr(training, "reconstruction_loss", spy)
+    seen = _spy_on_smoothing(monkeypatch)
     train = {"eval_gaussian_draws": 0, "epochs": 2, "hard_pairs": 0.25, "label_smoothing": 0.1}
     pipeline.train(tiny_config.replace(train={**train, "label_smoothing_hard": False}))
     rows = [s for s in seen if isinstance(s, torch.Tensor)]
