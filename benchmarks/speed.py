@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -28,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import pipeline  # noqa: E402
+from pipeline import products  # noqa: E402
 from pipeline.data import directed, load_train, make_pairs  # noqa: E402
 from pipeline.evaluate import convert  # noqa: E402
 from pipeline.training import Trainer  # noqa: E402
@@ -192,28 +194,70 @@ def prior_flops(m, b) -> float:
 
 
 @cache  # measured once per device, for training and conversion alike
-def matmul_ceiling(repeats: int, device: torch.device) -> tuple:
-    """fp32 matrix-multiply rate (FLOP/s); on CUDA with TF32 off, so it is true fp32."""
+def matmul_rates(repeats: int, device: torch.device) -> dict[str, tuple]:
+    """fp32 matrix-multiply rates (FLOP/s) of each product torch runs: ``torch.mm`` (MKL on
+    the CPU; on CUDA with TF32 off, so true fp32) and, on the CPU, oneDNN's
+    (``pipeline.products``), which on an AMD EPYC with AVX-512 ran twice MKL's rate."""
     n = 8192 if device.type == "cuda" else 1024
     torch.backends.cuda.matmul.allow_tf32 = False
     a, c = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    for _ in range(3):
-        a @ c
-    sync(device)
-    rates = []
-    for _ in range(repeats):
-        k = 20
-        start = time.perf_counter()
-        for _ in range(k):
-            a @ c
+    ways = {"torch.mm": lambda: a @ c}
+    if device.type == "cpu" and products.available():
+        ct = c.t().contiguous()  # oneDNN's linear takes the weight as (out, in)
+        ways["oneDNN"] = lambda: products._product(a, ct)
+    out = {}
+    for name, fn in ways.items():
+        for _ in range(3):
+            fn()
         sync(device)
-        rates.append(2 * n**3 * k / (time.perf_counter() - start))
-    return med(rates)
+        rates = []
+        for _ in range(repeats):
+            k = 20
+            start = time.perf_counter()
+            for _ in range(k):
+                fn()
+            sync(device)
+            rates.append(2 * n**3 * k / (time.perf_counter() - start))
+        out[name] = med(rates)
+    return out
 
 
-def per_word_reference(repeats: int, device: torch.device, words: int = 30) -> tuple:
+def matmul_ceiling(repeats: int, device: torch.device) -> tuple:
+    """The fastest fp32 matrix-multiply rate torch reaches here: the ceiling shares are of."""
+    return max(matmul_rates(repeats, device).values())
+
+
+def ceiling_rows(repeats: int, device: torch.device) -> list[tuple[str, str]]:
+    size = "8192^3" if device.type == "cuda" else "1024^3"
+    rows = [
+        (f"fp32 matmul, {name}, {size} (GFLOP/s)", fmt(tuple(x / 1e9 for x in rate)))
+        for name, rate in matmul_rates(repeats, device).items()
+    ]
+    ceiling = matmul_ceiling(repeats, device)
+    rows.append(("fp32 matmul ceiling, the faster (GFLOP/s)", fmt(tuple(x / 1e9 for x in ceiling))))
+    return rows
+
+
+@contextmanager
+def products_by(name: str):
+    """TENSEVAE_PRODUCTS=name within the block (pipeline.products reads it once a process)."""
+    before = os.environ.get("TENSEVAE_PRODUCTS")
+    os.environ["TENSEVAE_PRODUCTS"] = name
+    products.choice.cache_clear()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TENSEVAE_PRODUCTS")
+        else:
+            os.environ["TENSEVAE_PRODUCTS"] = before
+        products.choice.cache_clear()
+
+
+def per_word_reference(repeats: int, device: torch.device, words: int = 30) -> tuple[tuple, float]:
     """The reference report's way: one word per optimizer step, the decoder run step by step
-    with a teacher-forcing coin flip at each step, same model size (hidden 256, latent 32)."""
+    with a teacher-forcing coin flip at each step, same model size (hidden 256, latent 32).
+    Words/s, and its useful FLOPs per word, counted as the training step's are."""
     cfg = pipeline.load_config("lab")
     torch.manual_seed(0)
     model = pipeline.TenseCVAE(cfg.model, pipeline.model.Vocab()).to(device)
@@ -221,11 +265,12 @@ def per_word_reference(repeats: int, device: torch.device, words: int = 30) -> t
     pairs = make_pairs(load_train()[:200], "same")
     from pipeline.data import make_batch
 
-    rates = []
+    rates, work = [], []
     for r in range(repeats):
         start = time.perf_counter()
         for p in pairs[r * words : (r + 1) * words]:
             b = make_batch([p], model.vocab).to(device)
+            work.append(step_flops(cfg.model, b))
             post = model.encode(b.src, b.src_len, b.src_tense)
             z = model.reparameterize(post.mu, post.logvar)
             state = model.init_decoder(z, b.tgt_tense, post)
@@ -241,7 +286,18 @@ def per_word_reference(repeats: int, device: torch.device, words: int = 30) -> t
             opt.step()
         sync(device)
         rates.append(words / (time.perf_counter() - start))
-    return med(rates)
+    return med(rates), statistics.fmean(work)
+
+
+def lab_batched(batches: int, repeats: int, device: torch.device) -> tuple:
+    """The per-word loop's model and pairs (the lab config) through tensevae's training step
+    instead: 128 words a step, teacher-forced, the decoder one nn.LSTM call. What batching
+    alone buys, apart from the shipped config's extra work per word."""
+    cfg = pipeline.load_config(
+        "lab",
+        ["train.batch_size=128", "train.pairs=all", "train.tf_start=1.0", "train.tf_end=1.0"],
+    )
+    return train_rate(cfg, batches, repeats, device)
 
 
 # -- conversion --------------------------------------------------------------------------------
@@ -299,7 +355,21 @@ def conversion_rates(model, repeats: int) -> dict:
     greedy, beam search and round trip in fp32, then bf16 and int8 (pipeline.precision)."""
     words, src, tgt = conversions(load_train())
     n = len(words)
-    out = {"greedy fp32": timed(repeats, n, lambda: convert(model, words, src, tgt))}
+    with products_by("torch"):
+        out = {"greedy fp32": timed(repeats, n, lambda: convert(model, words, src, tgt))}
+    if products.available():
+        with products_by("onednn"):
+            same = convert(model, words, src, tgt) == convert(model, words, src, tgt)
+            out["greedy fp32, TENSEVAE_PRODUCTS=onednn"] = timed(
+                repeats, n, lambda: convert(model, words, src, tgt)
+            )
+            ours = convert(model, words, src, tgt)
+        with products_by("torch"):
+            theirs = convert(model, words, src, tgt)
+        alike = sum(a == b for a, b in zip(ours, theirs, strict=True))
+        out["greedy fp32, TENSEVAE_PRODUCTS=onednn: words as torch's, train.txt"] = (
+            f"{alike:,} of {n:,}" + ("" if same else " (not the same twice)")
+        )
     few = random.Random(0).sample(range(n), 512)
     bw, bs, bt = [words[i] for i in few], [src[i] for i in few], [tgt[i] for i in few]
     out["beam 4 fp32"] = timed(repeats, 512, lambda: convert(model, bw, bs, bt, method="beam"))
@@ -449,17 +519,39 @@ def job_figures(env: dict, bulk_lines: int, repeats: int, bulk_repeats: int) -> 
 
 
 def training_rows(config, batches: int, repeats: int, device) -> list[tuple[str, str]]:
-    rate, flops = train_rate(config, batches, repeats, device)
-    ref = per_word_reference(repeats, device)
+    with products_by("torch"):
+        rate, flops = train_rate(config, batches, repeats, device)
+    onednn = None
+    if device.type == "cpu" and products.available():
+        with products_by("onednn"):
+            onednn, _ = train_rate(config, batches, repeats, device)
+    ref, ref_flops = per_word_reference(repeats, device)
+    lab, lab_flops = lab_batched(batches, repeats, device)
     ceiling = matmul_ceiling(repeats, device)
-    size = "8192^3" if device.type == "cuda" else "1024^3"
-    return [
+    rows = [
         ("training step, default config (words/s)", fmt(rate)),
         ("per-word reference loop, same size (words/s)", fmt(ref, digits=1)),
         ("ratio", f"{rate[0] / ref[0]:.0f}x"),
         ("useful GFLOP per word (forward + backward)", f"{flops / 1e9:.4f}"),
-        (f"fp32 matmul ceiling, {size} (GFLOP/s)", fmt(tuple(x / 1e9 for x in ceiling))),
+        *ceiling_rows(repeats, device),
         ("training step's share of the ceiling", f"{rate[0] * flops / ceiling[0]:.0%}"),
+    ]
+    if onednn:
+        rows += [
+            ("training step, TENSEVAE_PRODUCTS=onednn (words/s)", fmt(onednn)),
+            ("  its ratio to the per-word loop", f"{onednn[0] / ref[0]:.0f}x"),
+            ("  its share of the ceiling", f"{onednn[0] * flops / ceiling[0]:.0%}"),
+        ]
+    return [
+        *rows,
+        ("per-word reference loop: useful GFLOP per word", f"{ref_flops / 1e9:.4f}"),
+        (
+            "training step's useful work a second over the per-word loop's",
+            f"{rate[0] * flops / (ref[0] * ref_flops):.0f}x",
+        ),
+        ("the lab's model in tensevae's batched step, 128 words (words/s)", fmt(lab)),
+        ("the lab's model batched over the per-word loop", f"{lab[0] / ref[0]:.0f}x"),
+        ("the lab's model batched: share of the ceiling", f"{lab[0] * lab_flops / ceiling[0]:.0%}"),
     ]
 
 
@@ -509,6 +601,11 @@ def main() -> None:
                 f"{figures['greedy fp32'][0] / allowed:.0%}",
             ),
         ]
+        if "greedy fp32, TENSEVAE_PRODUCTS=onednn" in figures:
+            onednn = figures["greedy fp32, TENSEVAE_PRODUCTS=onednn"][0]
+            rows.append(
+                ("conversion: greedy fp32 with oneDNN's products, share", f"{onednn / allowed:.0%}")
+            )
     if "cold" in parts:
         for k, v in cold_convert(R).items():
             rows.append((f"cold one-off convert: {k}", fmt(v, digits=3)))

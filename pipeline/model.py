@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import products
 from .config import ModelConfig
 from .vocab import PAD, Vocab
 
@@ -199,12 +200,14 @@ class _WeightGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, inputs):
-        ctx.inputs = inputs
+        ctx.inputs, ctx.weight = inputs, weight.detach()
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad):
-        weight_grad = grad.t().mm(torch.cat(ctx.inputs)) if ctx.needs_input_grad[1] else None
+        weight_grad = None
+        if ctx.needs_input_grad[1]:
+            weight_grad = products.weight_grad(grad, torch.cat(ctx.inputs), ctx.weight)
         return grad, weight_grad, None
 
 
@@ -390,7 +393,12 @@ class TenseCVAE(nn.Module):
         weights times these give the context's share, with no (B, He) context between)."""
         H, He = self.config.hidden_size, memory.size(2)
         w = torch.cat([self.attn_key.weight, self.combine.weight[:, H : H + He].t()], dim=1)
-        keys, values = torch.matmul(memory, w).split([H, H], dim=-1)
+        if products.serves(memory):
+            B, S = memory.shape[:2]
+            keys = products.linear(memory.reshape(B * S, He), w.t()).view(B, S, 2 * H)
+        else:
+            keys = torch.matmul(memory, w)
+        keys, values = keys.split([H, H], dim=-1)
         return keys, values
 
     def position_scores(self, steps: int, length: int) -> torch.Tensor:
@@ -507,7 +515,10 @@ class TenseCVAE(nn.Module):
         )
         H, flag = self.config.hidden_size, state.use_context
         w = self.combine.weight  # columns: output, context, flag
-        mixed = torch.addmm(self.combine.bias, out, w[:, :H].t())
+        if products.serves(out):
+            mixed = products.linear(out, w[:, :H], self.combine.bias)
+        else:
+            mixed = torch.addmm(self.combine.bias, out, w[:, :H].t())
         attended = tanh(mixed + flag * (share + w[:, w.size(1) - 1]))
         return attended, weights
 
@@ -548,7 +559,7 @@ class TenseCVAE(nn.Module):
         flat = live.flatten().nonzero().squeeze(1)  # (step, row) of each live row, step-major
         # every step's gate inputs from the characters and what is fixed over a word, for
         # the live (step, row) pairs alone
-        x = F.linear(self.drop(self.chars(tokens.t().reshape(-1)[flat])), state.cell.chars)
+        x = products.linear(self.drop(self.chars(tokens.t().reshape(-1)[flat])), state.cell.chars)
         x = x + state.pre.index_select(0, order[flat % B])
         recurrent = state.cell.recurrent  # fp32: an int8 copy converts, it does not train
         w = self.combine.weight  # columns: output, context, flag
@@ -570,7 +581,14 @@ class TenseCVAE(nn.Module):
             positions = self.position_scores(T, memory.size(1)).unbind(0)
         broadcast = torch.is_grad_enabled()
         h, c, feed = (t.index_select(0, order) for t in (state.h[0], state.c[0], state.feed))
-        recurrent, w_out = recurrent.detach().t(), w_out.detach().t()
+        # the steps' products take no weight gradient (_WeightGrad does): (out, in) and,
+        # for the backward, (in, out), contiguous
+        recurrent, w_out = recurrent.detach(), w_out.detach()
+        recurrent_t = w_out_t = None
+        if products.serves(recurrent):
+            recurrent, w_out = recurrent.contiguous(), w_out.contiguous()
+            if torch.is_grad_enabled():
+                recurrent_t, w_out_t = recurrent.t().contiguous(), w_out.t().contiguous()
         weights, feeds = [], []
         a, b = A, B - A
         for x_t, bias_t, n_on, n_off, position in zip(x, bias, on, off, positions, strict=True):
@@ -578,10 +596,10 @@ class TenseCVAE(nn.Module):
                 h, c, feed = (_keep(t, a, n_on, n_off) for t in (h, c, feed))
                 a, b = n_on, n_off
             inputs.append(torch.cat([feed, h], dim=1))
-            h, c = lstm_cell(torch.addmm(x_t, inputs[-1], recurrent), c)
+            h, c = lstm_cell(products.affine(x_t, inputs[-1], recurrent, recurrent_t), c)
             out = self.drop(h)
             outputs.append(out)
-            mixed = torch.addmm(bias_t, out, w_out)
+            mixed = products.affine(bias_t, out, w_out, w_out_t)
             if a:
                 context, att = _keyed_attention(
                     out[:a], keys[:a], values[:a], mask[:a], position, broadcast
@@ -640,9 +658,13 @@ class TenseCVAE(nn.Module):
         x, cell = torch.cat([feed, h], dim=1), state.cell
         if cell.recurrent_int8 is not None:  # x is quantized to int8 on its range at each step
             gates = torch.ops.quantized.linear_dynamic(x, cell.recurrent_int8, True) + base
-        else:
+        elif not products.serves(x):
             gates = torch.addmm(base, x, cell.recurrent.t())
-        gates += extra  # in place: addmm keeps no copy of its output for backward
+        elif torch.is_grad_enabled():  # decode_step in training (scheduled sampling)
+            gates = base + products.linear(x, cell.recurrent)
+        else:
+            gates = products.affine(base, x, cell.recurrent, None)
+        gates += extra  # in place: no product keeps a copy of its output for backward
         h, c = lstm_cell(gates, c)
         if not state.attends and type(self.combine) is nn.Linear:
             out, H = self.drop(h), self.config.hidden_size

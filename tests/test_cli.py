@@ -298,6 +298,8 @@ def test_bad_bulk_files(tmp_path):
         (["worker"], "TENSEVAE_HEARTBEAT", "-1"),
         (["worker"], "TENSEVAE_TIME_LIMIT_TRAIN", "1h"),
         (["generate", "-n", "1", "--wait"], "TENSEVAE_EMBEDDED_POLL", "fast"),
+        (["train", "--config", "tiny", "--wait"], "TENSEVAE_PRODUCTS", "mkl"),
+        (["convert", "walk", "--from", "sp", "--to", "p"], "TENSEVAE_PRODUCTS", "fast"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_it(tmp_path, args, setting, value):

@@ -1411,6 +1411,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        from pipeline import environment
+
+        environment.products()  # a bad TENSEVAE_PRODUCTS is refused before any work
         return args.func(args)
     except KeyboardInterrupt:
         return 130

@@ -1,4 +1,4 @@
-"""Settings from the environment; importing this module imports neither Celery nor SQLAlchemy."""
+"""Settings from the environment; importing this module imports SQLAlchemy (db.session) but not Celery."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import re
 
 from db.session import home, mask_url
+from pipeline import environment
 
 
 class SettingError(ValueError):
@@ -66,6 +67,7 @@ def check() -> None:
     """SettingError for the first unusable setting: a worker checks them all as it starts,
     not when its heartbeat thread first reads one."""
     stale_after_s(), heartbeat_s(), resend_after_s(), embedded_poll_s()
+    environment.products()
     for kind in QUEUES:
         time_limit(kind)
 

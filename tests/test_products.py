@@ -1,0 +1,128 @@
+"""TENSEVAE_PRODUCTS=onednn: the attending decoder's products through oneDNN, the same
+function as torch's (to rounding) with the same gradients; unset, torch's products exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pipeline
+from pipeline import products
+from pipeline.data import directed, load_test, load_train, make_batch, make_pairs
+from pipeline.errors import ConfigError
+from pipeline.evaluate import convert
+from pipeline.training import Trainer
+
+
+@pytest.fixture
+def use(monkeypatch):
+    """use('onednn') or use('torch') for the rest of a test; the choice is read once a
+    process, so the cache is cleared on the way in and out."""
+
+    def switch(name: str | None) -> None:
+        if name is None:
+            monkeypatch.delenv("TENSEVAE_PRODUCTS", raising=False)
+        else:
+            monkeypatch.setenv("TENSEVAE_PRODUCTS", name)
+        products.choice.cache_clear()
+
+    yield switch
+    monkeypatch.delenv("TENSEVAE_PRODUCTS", raising=False)
+    products.choice.cache_clear()
+
+
+needs_onednn = pytest.mark.skipif(not products.available(), reason="this torch has no oneDNN")
+
+
+def test_the_default_is_torch_and_a_bad_choice_is_refused(use):
+    use(None)
+    assert products.choice() == "torch" and not products.serves(torch.ones(1))
+    use(" OneDNN ")
+    assert products.choice() == "onednn"
+    use("mkl")
+    with pytest.raises(ConfigError, match="TENSEVAE_PRODUCTS must be torch or onednn, not 'mkl'"):
+        products.choice()
+
+
+@needs_onednn
+def test_linear_and_affine_are_torchs_function_with_its_gradients(use):
+    use("onednn")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 48, generator=g, requires_grad=True)
+    w = torch.randn(64, 48, generator=g, requires_grad=True)
+    b = torch.randn(64, generator=g, requires_grad=True)
+    add = torch.randn(37, 64, generator=g, requires_grad=True)
+    up = torch.randn(37, 64, generator=g)
+    assert products.serves(x, w)
+
+    def grads(out):
+        for t in (x, w, b, add):
+            t.grad = None
+        (out * up).sum().backward()
+        return [None if t.grad is None else t.grad.clone() for t in (x, w, b, add)]
+
+    # a column slice, as the decoder's character weights are: not contiguous
+    for weight in (w, w[:, :40]):
+        xs = x[:, : weight.size(1)]
+        ours, theirs = products.linear(xs, weight, b), torch.nn.functional.linear(xs, weight, b)
+        assert ours.grad_fn is not None and "Linear" in type(ours.grad_fn).__name__
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        for a, e in zip(grads(ours), grads(theirs), strict=True):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+    # affine: the weight's gradient is taken elsewhere, so none flows to it here
+    wd = w.detach()
+    ours = products.affine(add, x, wd, wd.t().contiguous())
+    theirs = torch.addmm(add, x, wd.t())
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    for a, e in zip(grads(ours), grads(theirs), strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(products.affine(add, x, wd, None), theirs)
+    # under autocast (bf16 conversion) torch's products run
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not products.serves(x, w)
+
+
+@needs_onednn
+def test_a_training_step_and_the_shipped_models_conversions_agree_with_torchs(use, monkeypatch):
+    """The same step's loss and gradients to rounding, and the shipped model converts
+    test.txt and a sample of train.txt to the same words either way; oneDNN's products
+    did run (counted)."""
+    calls = []
+    real = products._product
+    monkeypatch.setattr(products, "_product", lambda *a: calls.append(1) or real(*a))
+    cfg = pipeline.load_config("tiny", ["model.hidden_size=64", "model.copy=true"])
+    quads = load_train()[:60]
+    batch = make_batch(make_pairs(quads, "all")[:96], pipeline.model.Vocab())
+    results = {}
+    for name in ("torch", "onednn"):
+        use(name)
+        torch.manual_seed(0)
+        trainer = Trainer(cfg, quads, torch.device("cpu"))
+        trainer.model.train()
+        before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        calls.clear()
+        figures = trainer.train_step(batch)
+        assert bool(calls) == (name == "onednn")
+        after = trainer.model.state_dict()
+        moved = {k: after[k] - before[k] for k in before if after[k].is_floating_point()}
+        results[name] = (figures["loss"], moved)
+    loss_t, moved_t = results["torch"]
+    loss_o, moved_o = results["onednn"]
+    assert loss_o == pytest.approx(loss_t, rel=1e-5)
+    for k in moved_t:  # Adam's first step moves each weight by about lr times its sign
+        torch.testing.assert_close(moved_o[k], moved_t[k], rtol=1e-3, atol=1e-5)
+
+    model = pipeline.load_pretrained()
+    test = load_test()
+    words, src, _, tgt = directed(load_train()[::10])
+    words += [c.source for c in test]
+    src += [c.src for c in test]
+    tgt += [c.tgt for c in test]
+    out = {}
+    for name in ("torch", "onednn"):
+        use(name)
+        calls.clear()
+        out[name] = convert(model, words, src, tgt)
+        assert bool(calls) == (name == "onednn")
+    assert out["onednn"] == out["torch"]
