@@ -7,13 +7,14 @@ import os
 
 from .errors import ConfigError
 
-PRODUCTS = ("torch", "onednn")
+PRODUCTS = ("auto", "onednn", "torch")
 
 
 def products() -> str:
-    """TENSEVAE_PRODUCTS: whose fp32 matrix products the attending decoder runs on the CPU,
-    torch's (the default) or oneDNN's (``pipeline.products``)."""
-    raw = os.environ.get("TENSEVAE_PRODUCTS") or "torch"
+    """TENSEVAE_PRODUCTS: whose fp32 matrix products the attending decoder runs on the CPU
+    (``pipeline.products``): ``auto`` (the default) oneDNN's out of training and torch's in
+    it, ``onednn`` oneDNN's everywhere, ``torch`` torch's everywhere."""
+    raw = os.environ.get("TENSEVAE_PRODUCTS") or "auto"
     if raw.strip().lower() not in PRODUCTS:
-        raise ConfigError(f"TENSEVAE_PRODUCTS must be torch or onednn, not {raw!r}")
+        raise ConfigError(f"TENSEVAE_PRODUCTS must be auto, onednn or torch, not {raw!r}")
     return raw.strip().lower()

@@ -1,4 +1,4 @@
-"""The attending decoder's matrix products, through oneDNN on request (TENSEVAE_PRODUCTS).
+"""The attending decoder's matrix products, through oneDNN on the CPU in fp32.
 
 torch multiplies fp32 matrices on the CPU with MKL's sgemm, which takes its AVX2 code on a
 CPU not made by Intel; oneDNN (``torch.ops.mkldnn._linear_pointwise``, which torch ships for
@@ -7,18 +7,25 @@ its own compiler) picks its code by the instructions a CPU has. On an AMD EPYC w
 420-480 through oneDNN, fp32 both (the same sums in another order). nn.LSTM, which the
 encoder runs, goes through oneDNN either way.
 
-``TENSEVAE_PRODUCTS=onednn`` in the environment sends the attending decoder's products,
-their input gradients and the weights' gradients over all steps (oneDNN's backward-weights
-primitive, which reads both operands row-major) through oneDNN: the training step of the
-shipped config 1.15x as fast, greedy conversion 1.34x, on that host. Unset or ``torch``:
-torch's products. The sums round otherwise, so a model trained with oneDNN's products has
-weights of its own, as one trained on another kind of CPU has. Where oneDNN cannot serve
-(not on the CPU, not fp32, under autocast for bf16, a torch built without oneDNN) torch's
-products run whatever is asked.
+``TENSEVAE_PRODUCTS`` chooses:
+- ``auto`` (the default): oneDNN's out of training (conversion, generation, scoring), torch's
+  within ``pipeline.train`` (``training()``), so the shipped config still trains the shipped
+  weights byte for byte. Greedy conversion ran 1.34x as fast on that host, every word of
+  train.txt's 14,724 conversions the same.
+- ``onednn``: oneDNN's in training too: the attending decoder's products, their input
+  gradients and the weights' gradients over all steps (oneDNN's backward-weights primitive,
+  which reads both operands row-major). The training step of the shipped config ran 1.15x
+  as fast alone, the whole training command about 1.06x; the sums round otherwise, so the
+  weights it trains are its own, as those trained on another kind of CPU are.
+- ``torch``: torch's everywhere, as every model before 2026-12-07 was trained and scored.
+Where oneDNN cannot serve (not on the CPU, not fp32, under autocast for bf16, a torch built
+without oneDNN's products) torch's run.
 """
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from functools import cache
 
 import torch
@@ -28,6 +35,17 @@ from . import environment
 
 # read once a process: every product asks (tests clear the cache to switch)
 choice = cache(environment.products)
+_state = threading.local()
+
+
+@contextmanager
+def training():
+    """Within it, ``auto`` runs torch's products (``pipeline.train`` trains within it)."""
+    _state.training = getattr(_state, "training", 0) + 1
+    try:
+        yield
+    finally:
+        _state.training -= 1
 
 
 @cache
@@ -62,8 +80,9 @@ def available() -> bool:
 
 def serves(*tensors: torch.Tensor) -> bool:
     """Whether oneDNN's product is asked for and serves these operands."""
+    asked = choice()
     return (
-        choice() == "onednn"
+        (asked == "onednn" or (asked == "auto" and not getattr(_state, "training", 0)))
         and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
         and not torch.is_autocast_enabled("cpu")
         and available()

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from . import artifacts
+from . import artifacts, products
 from .config import Config
 from .data import (
     Batch,
@@ -619,21 +619,22 @@ def train(
     t = config.train
     if t.threads:
         torch.set_num_threads(t.threads)
-    trainer = Trainer(
-        config, load_train() if train_quads is None else train_quads, resolve_device(t.device)
-    )
-    if resume is not None:
-        trainer.restore(resume)
-    start = time.perf_counter()
-    cancelled = False
-    while trainer.epoch < t.epochs:
-        figures = trainer.run_epoch(should_stop)
-        if figures is None:
-            cancelled = True
-            break
-        if on_epoch is not None:
-            due = trainer.epoch % t.checkpoint_every == 0 or trainer.epoch == t.epochs
-            on_epoch(EpochReport(trainer.epoch, t.epochs, figures, trainer.checkpoint, due))
+    with products.training():  # TENSEVAE_PRODUCTS=auto: torch's products, as ever
+        trainer = Trainer(
+            config, load_train() if train_quads is None else train_quads, resolve_device(t.device)
+        )
+        if resume is not None:
+            trainer.restore(resume)
+        start = time.perf_counter()
+        cancelled = False
+        while trainer.epoch < t.epochs:
+            figures = trainer.run_epoch(should_stop)
+            if figures is None:
+                cancelled = True
+                break
+            if on_epoch is not None:
+                due = trainer.epoch % t.checkpoint_every == 0 or trainer.epoch == t.epochs
+                on_epoch(EpochReport(trainer.epoch, t.epochs, figures, trainer.checkpoint, due))
     if trainer.best is not None and not cancelled:
         trainer.model.load_state_dict(trainer.best)
     elif trainer.ema is not None and not cancelled:

@@ -1,5 +1,5 @@
-"""TENSEVAE_PRODUCTS=onednn: the attending decoder's products through oneDNN, the same
-function as torch's (to rounding) with the same gradients; unset, torch's products exactly."""
+"""The attending decoder's products through oneDNN or torch (TENSEVAE_PRODUCTS): the same
+function to rounding, with the same gradients; by default torch's in training alone."""
 
 from __future__ import annotations
 
@@ -34,13 +34,21 @@ def use(monkeypatch):
 needs_onednn = pytest.mark.skipif(not products.available(), reason="this torch has no oneDNN")
 
 
-def test_the_default_is_torch_and_a_bad_choice_is_refused(use):
-    use(None)
-    assert products.choice() == "torch" and not products.serves(torch.ones(1))
-    use(" OneDNN ")
-    assert products.choice() == "onednn"
+def test_auto_runs_onednn_out_of_training_and_a_bad_choice_is_refused(use):
+    one = torch.ones(1)
+    use(None)  # auto: oneDNN's out of training, torch's within it
+    assert products.choice() == "auto"
+    assert products.serves(one) == products.available()
+    with products.training():
+        assert not products.serves(one)
+    assert products.serves(one) == products.available()
+    use("onednn")
+    with products.training():
+        assert products.serves(one) == products.available()
+    use(" Torch ")
+    assert products.choice() == "torch" and not products.serves(one)
     use("mkl")
-    with pytest.raises(ConfigError, match="TENSEVAE_PRODUCTS must be torch or onednn, not 'mkl'"):
+    with pytest.raises(ConfigError, match="must be auto, onednn or torch, not 'mkl'"):
         products.choice()
 
 
@@ -126,3 +134,17 @@ def test_a_training_step_and_the_shipped_models_conversions_agree_with_torchs(us
         out[name] = convert(model, words, src, tgt)
         assert bool(calls) == (name == "onednn")
     assert out["onednn"] == out["torch"]
+
+
+@needs_onednn
+def test_training_by_default_is_torchs_byte_for_byte_and_onednn_trains_its_own(use):
+    """pipeline.train under auto (the default) trains the weights torch's products train,
+    bit for bit, as the shipped weights were; TENSEVAE_PRODUCTS=onednn trains others."""
+    cfg = pipeline.load_config("tiny", ["train.epochs=1", "train.max_lines=120"])
+    weights = {}
+    for name in ("auto", "torch", "onednn"):
+        use(name)
+        state = pipeline.train(cfg).model.state_dict()
+        weights[name] = b"".join(state[k].numpy().tobytes() for k in sorted(state))
+    assert weights["auto"] == weights["torch"]
+    assert weights["onednn"] != weights["torch"]
