@@ -10,12 +10,12 @@ encoder runs, goes through oneDNN either way.
 ``TENSEVAE_PRODUCTS`` chooses:
 - ``auto`` (the default): oneDNN's out of training (conversion, generation, scoring), torch's
   within ``pipeline.train`` (``training()``), so the shipped config still trains the shipped
-  weights byte for byte. Greedy conversion ran 1.34x as fast on that host, every word of
+  weights byte for byte. Greedy conversion ran 1.35x as fast on that host, every word of
   train.txt's 14,724 conversions the same.
 - ``onednn``: oneDNN's in training too: the attending decoder's products, their input
   gradients and the weights' gradients over all steps (oneDNN's backward-weights primitive,
   which reads both operands row-major). The training step of the shipped config ran 1.15x
-  as fast alone, the whole training command about 1.06x; the sums round otherwise, so the
+  as fast alone, the whole training command about 1.05x; the sums round otherwise, so the
   weights it trains are its own, as those trained on another kind of CPU are.
 - ``torch``: torch's everywhere, as every model before 2026-12-07 was trained and scored.
 Where oneDNN cannot serve (not on the CPU, not fp32, under autocast for bf16, a torch built
