@@ -14,8 +14,8 @@ encoder runs, goes through oneDNN either way.
   train.txt's 14,724 conversions the same.
 - ``onednn``: oneDNN's in training too: the attending decoder's products, their input
   gradients and the weights' gradients over all steps (oneDNN's backward-weights primitive,
-  which reads both operands row-major). The training step of the shipped config ran 1.15x
-  as fast alone, the whole training command about 1.05x; the sums round otherwise, so the
+  which reads both operands row-major). A whole epoch of the shipped config ran about 1.03x
+  as fast, the whole training command about 1.05x; the sums round otherwise, so the
   weights it trains are its own, as those trained on another kind of CPU are.
 - ``torch``: torch's everywhere, as every model before 2026-12-07 was trained and scored.
 Where oneDNN cannot serve (not on the CPU, not fp32, under autocast for bf16, a torch built
