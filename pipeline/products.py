@@ -106,7 +106,7 @@ class _Linear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
         dx = _product(grad, weight.t().contiguous()) if ctx.needs_input_grad[0] else None
-        dw = weight_grad(grad, x, weight) if ctx.needs_input_grad[1] else None
+        dw = _weight_grad(grad, x, weight) if ctx.needs_input_grad[1] else None
         db = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db
 
