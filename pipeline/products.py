@@ -4,19 +4,23 @@ torch multiplies fp32 matrices on the CPU with MKL's sgemm, which takes its AVX2
 CPU not made by Intel; oneDNN (``torch.ops.mkldnn._linear_pointwise``, which torch ships for
 its own compiler) picks its code by the instructions a CPU has. On an AMD EPYC with AVX-512
 (2026-12-07, 2 threads) the decoder's products ran at 195-215 GFLOP/s through MKL and
-420-480 through oneDNN, fp32 both (the same sums in another order). nn.LSTM, which the
-encoder runs, goes through oneDNN either way.
+420-480 through oneDNN, fp32 both (the same sums in another order). On an Intel Xeon with
+AVX-512 and AMX, where MKL runs its AVX-512 code, the two ran alike at 1024^3 (331 and 309
+GFLOP/s) and greedy conversion ran 0.96x as fast through oneDNN (the median of six rounds
+alternating the two in one process, 0.93-1.00x), a whole training step 0.70x.
+nn.LSTM, which the encoder runs, goes through oneDNN either way.
 
 ``TENSEVAE_PRODUCTS`` chooses:
-- ``auto`` (the default): oneDNN's out of training (conversion, generation, scoring), torch's
+- ``auto`` (the default): oneDNN's out of training (conversion, generation, scoring) on a
+  CPU where they were measured faster, an AMD one with AVX-512 (``onednn_faster``); torch's
   within ``pipeline.train`` (``training()``), so the shipped config still trains the shipped
-  weights byte for byte. Greedy conversion ran 1.35x as fast on that host, every word of
-  train.txt's 14,724 conversions the same.
+  weights byte for byte, and torch's on every other CPU. Greedy conversion ran 1.35x as
+  fast on the AMD host, every word of train.txt's 14,724 conversions the same.
 - ``onednn``: oneDNN's in training too: the attending decoder's products, their input
   gradients and the weights' gradients over all steps (oneDNN's backward-weights primitive,
   which reads both operands row-major). A whole epoch of the shipped config ran about 1.03x
-  as fast, the whole training command about 1.05x; the sums round otherwise, so the
-  weights it trains are its own, as those trained on another kind of CPU are.
+  as fast on the AMD host; the sums round otherwise, so the weights it trains are its own,
+  as those trained on another kind of CPU are.
 - ``torch``: torch's everywhere, as every model before 2026-12-07 was trained and scored.
 Where oneDNN cannot serve (not on the CPU, not fp32, under autocast for bf16, a torch built
 without oneDNN's products) torch's run.
@@ -73,6 +77,32 @@ def _weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> t
     return out
 
 
+def onednn_faster(cpuinfo: str | None = None) -> bool:
+    """Whether ``auto`` runs oneDNN's products here: on an x86 CPU made by AMD with AVX-512,
+    where MKL's sgemm runs AVX2 code and oneDNN AVX-512. Read from /proc/cpuinfo (or the
+    text given); where it cannot be read, or the CPU is another (Intel's, where MKL runs its
+    best code; AMD's with AVX2 alone, not measured; not x86), torch's."""
+    if cpuinfo is None:
+        return _onednn_faster_here()
+    vendor, flags = "", set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "vendor_id" and not vendor:
+            vendor = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return vendor == "AuthenticAMD" and "avx512f" in flags
+
+
+@cache
+def _onednn_faster_here() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return onednn_faster(f.read())
+    except OSError:
+        return False
+
+
 def available() -> bool:
     """Whether this torch has oneDNN's fp32 product."""
     return _onednn() is not None
@@ -82,7 +112,10 @@ def serves(*tensors: torch.Tensor) -> bool:
     """Whether oneDNN's product is asked for and serves these operands."""
     asked = choice()
     return (
-        (asked == "onednn" or (asked == "auto" and not getattr(_state, "training", 0)))
+        (
+            asked == "onednn"
+            or (asked == "auto" and not getattr(_state, "training", 0) and onednn_faster())
+        )
         and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
         and not torch.is_autocast_enabled("cpu")
         and available()

@@ -36,12 +36,13 @@ needs_onednn = pytest.mark.skipif(not products.available(), reason="this torch h
 
 def test_auto_runs_onednn_out_of_training_and_a_bad_choice_is_refused(use):
     one = torch.ones(1)
-    use(None)  # auto: oneDNN's out of training, torch's within it
+    use(None)  # auto: oneDNN's out of training where they ran faster, torch's within it
     assert products.choice() == "auto"
-    assert products.serves(one) == products.available()
+    here = products.available() and products.onednn_faster()
+    assert products.serves(one) == here
     with products.training():
         assert not products.serves(one)
-    assert products.serves(one) == products.available()
+    assert products.serves(one) == here
     use("onednn")
     with products.training():
         assert products.serves(one) == products.available()
@@ -50,6 +51,21 @@ def test_auto_runs_onednn_out_of_training_and_a_bad_choice_is_refused(use):
     use("mkl")
     with pytest.raises(ConfigError, match="must be auto, onednn or torch, not 'mkl'"):
         products.choice()
+
+
+def test_auto_chooses_onednn_on_the_cpus_where_it_ran_faster():
+    """AMD's with AVX-512 (MKL runs AVX2 there, oneDNN AVX-512); not Intel's, where MKL
+    runs its best code and oneDNN ran slower, nor one with AVX2 alone, nor an unreadable one."""
+
+    def cpu(vendor: str, flags: str) -> str:
+        core = f"processor\t: {{}}\nvendor_id\t: {vendor}\nflags\t\t: fpu sse2 {flags}\n\n"
+        return core.format(0) + core.format(1)
+
+    assert products.onednn_faster(cpu("AuthenticAMD", "avx2 avx512f avx512_bf16"))
+    assert not products.onednn_faster(cpu("AuthenticAMD", "avx2"))
+    assert not products.onednn_faster(cpu("GenuineIntel", "avx2 avx512f amx_bf16"))
+    assert not products.onednn_faster("")
+    assert not products.onednn_faster("CPU implementer\t: 0x41\nFeatures\t: fp asimd\n")
 
 
 @needs_onednn
