@@ -13,7 +13,7 @@ copy whose encoder LSTM, the attending decoder's recurrent matrix and its two at
 projections run as int8 dynamic quantization (weights quantized once, per output row; each
 product's input quantized on its own range as it comes); the embeddings, z's heads, the
 decoder's start, the output layer and the copy gate stay fp32. It runs on the CPU
-(fbgemm/x86 or qnnpack kernels).
+(fbgemm/x86 or qnnpack kernels; oneDNN's on a CPU with AMX, ``int8_engine``).
 
 Rounding can move a score a little, so lower precision alone could write another word than
 fp32 where two characters are close to a tie. ``convert`` (pipeline.evaluate) therefore
