@@ -411,6 +411,11 @@ def lowered_figures(model, precision, data, reference, repeats) -> dict:
     words, src, tgt = data
     n = len(words)
     out = {}
+    if precision == "int8":
+        engine = lower.int8_engine()
+        out["int8: the quantized engine its weights are packed for"] = (
+            engine or f"{torch.backends.quantized.engine} (torch's default)"
+        )
     rate, ratio = paired(
         repeats, n, lambda: convert(form, words, src, tgt), lambda: convert(model, words, src, tgt)
     )
