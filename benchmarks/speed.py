@@ -358,12 +358,13 @@ def conversion_rates(model, repeats: int) -> dict:
     # greedy fp32 as users run it: by default (TENSEVAE_PRODUCTS=auto) oneDNN's products out
     # of training on a CPU where they ran faster, torch's elsewhere; beside it, the other
     # products, and whether the two write the same words
-    other = "torch" if products.onednn_faster() or not products.available() else "onednn"
+    onednn_here = products.available() and products.onednn_faster()
+    other = "torch" if onednn_here or not products.available() else "onednn"
     with products_by("auto"):
         out = {"greedy fp32": timed(repeats, n, lambda: convert(model, words, src, tgt))}
         ours = convert(model, words, src, tgt)
     out["greedy fp32: the products TENSEVAE_PRODUCTS=auto runs here"] = (
-        "oneDNN's" if products.onednn_faster() and products.available() else "torch's"
+        "oneDNN's" if onednn_here else "torch's"
     )
 
     def by(name):
