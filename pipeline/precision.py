@@ -125,7 +125,12 @@ def int8_engine() -> str | None:
     (2026-12-07) the recurrent product (512 x 512 by 1024, weights per row) took 401 µs packed
     for oneDNN, 729-746 for fbgemm or torch's default x86 engine (fp32: 1,810), and greedy
     conversion of train.txt in int8 alone ran about 1.2 times fp32's rate instead of 0.97,
-    with as many words unlike fp32's (one) and as many close calls (301 within the margin)."""
+    with as many words unlike fp32's (one) and as many close calls (301 within the margin).
+    On an AMD EPYC with AVX2 alone (no VNNI, no AMX; 2026-12-07) no engine beat the default:
+    the recurrent product by 1,024 rows took 12.5-12.6 ms packed for x86, fbgemm or oneDNN,
+    23.5 for qnnpack, 12.8 in fp32, and int8 conversion alone ran 0.93-0.97x fp32's rate by
+    paired rounds for the first three (0.53x for qnnpack), each alone writing one word of
+    train.txt's conversions or none unlike fp32's."""
     try:
         if "onednn" in torch.backends.quantized.supported_engines and bool(
             torch.cpu._is_amx_tile_supported()

@@ -7,7 +7,10 @@ its own compiler) picks its code by the instructions a CPU has. On an AMD EPYC w
 420-480 through oneDNN, fp32 both (the same sums in another order). On an Intel Xeon with
 AVX-512 and AMX, where MKL runs its AVX-512 code, the two ran alike at 1024^3 (331 and 309
 GFLOP/s) and greedy conversion ran 0.96x as fast through oneDNN (the median of six rounds
-alternating the two in one process, 0.93-1.00x), a whole training step 0.70x.
+alternating the two in one process, 0.93-1.00x), a whole training step 0.70x. On an AMD
+EPYC with AVX2 alone (no AVX-512; 2026-12-07, about 83 GFLOP/s) both run AVX2 code and
+converted alike: oneDNN's over torch's 1.00x by the median of ten rounds alternating the
+two in one process (0.94-1.10x), every word the same.
 nn.LSTM, which the encoder runs, goes through oneDNN either way.
 
 ``TENSEVAE_PRODUCTS`` chooses:
@@ -15,7 +18,7 @@ nn.LSTM, which the encoder runs, goes through oneDNN either way.
   CPU where they were measured faster, an AMD one with AVX-512 (``onednn_faster``); torch's
   within ``pipeline.train`` (``training()``), so the shipped config still trains the shipped
   weights byte for byte, and torch's on every other CPU. Greedy conversion ran 1.35x as
-  fast on the AMD host, every word of train.txt's 14,724 conversions the same.
+  fast on the AMD host with AVX-512, every word of train.txt's 14,724 conversions the same.
 - ``onednn``: oneDNN's in training too: the attending decoder's products, their input
   gradients and the weights' gradients over all steps (oneDNN's backward-weights primitive,
   which reads both operands row-major). A whole epoch of the shipped config ran about 1.03x
@@ -81,7 +84,8 @@ def onednn_faster(cpuinfo: str | None = None) -> bool:
     """Whether ``auto`` runs oneDNN's products here: on an x86 CPU made by AMD with AVX-512,
     where MKL's sgemm runs AVX2 code and oneDNN AVX-512. Read from /proc/cpuinfo (or the
     text given); where it cannot be read, or the CPU is another (Intel's, where MKL runs its
-    best code; AMD's with AVX2 alone, not measured; not x86), torch's."""
+    best code; AMD's with AVX2 alone, where both run AVX2 and converted alike; not x86),
+    torch's."""
     if cpuinfo is None:
         return _onednn_faster_here()
     vendor, flags = "", set()
