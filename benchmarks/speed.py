@@ -517,6 +517,54 @@ def cold_convert(repeats: int) -> dict:
     return out
 
 
+def alongside(processes: int, threads: int, window: float) -> list[dict]:
+    """``processes`` conversion processes of ``threads`` threads each, converting in-process
+    over the same ``window`` seconds (benchmarks/_alongside.py): each one's words/s, and
+    when it began and ended (epoch seconds)."""
+    script = str(ROOT / "benchmarks" / "_alongside.py")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, script, str(threads)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+        )
+        for _ in range(processes)
+    ]
+    try:
+        for p in procs:
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError("a conversion process for the cores' figure did not start")
+        start = time.time() + 0.5
+        for p in procs:
+            p.stdin.write(f"{start} {start + window}\n")
+            p.stdin.flush()
+        return [json.loads(p.stdout.readline()) for p in procs]
+    except BaseException:
+        for p in procs:
+            p.kill()
+        raise
+    finally:
+        for p in procs:
+            p.stdin.close()
+            p.stdout.close()
+            p.wait()
+
+
+def cores_allow(repeats: int, window: float = 10.0) -> tuple:
+    """Two processes of half the threads converting at once over one alone, the median of
+    ``repeats`` pairs: how far this machine's cores let two workers scale (two workers'
+    figures are of the same split), with nothing but the conversion running."""
+    half = max(1, (os.cpu_count() or 1) // 2)
+    ratios = []
+    for _ in range(repeats):
+        one, two = (sum(p["words/s"] for p in alongside(n, half, window)) for n in (1, 2))
+        ratios.append(two / one)
+    return med(ratios)
+
+
 # -- the job path ------------------------------------------------------------------------------
 
 
@@ -628,6 +676,17 @@ def main() -> None:
     backends = [("no-server default", {})] if "jobs" in parts else []
     if args.servers and "jobs" in parts:
         backends.append(("Redis + PostgreSQL", SERVERS))
+    allow = None
+    if backends and (os.cpu_count() or 1) > 1:
+        allow = cores_allow(R)
+        half = max(1, (os.cpu_count() or 1) // 2)
+        rows.append(
+            (
+                f"two conversion processes of {half} thread(s) at once over one, no queue "
+                "(what the cores allow)",
+                fmt(allow, "x", 2),
+            )
+        )
     for name, env in backends:
         with tempfile.TemporaryDirectory() as home:
             env = {**env, "TENSEVAE_HOME": home}
@@ -643,6 +702,13 @@ def main() -> None:
         rows.append(
             (f"{name}: two workers of {half} thread(s) over one of {half}", f"{two / single:.2f}x")
         )
+        if allow is not None:
+            rows.append(
+                (
+                    f"{name}: two workers of {half} thread(s) over one, share of what the cores allow",
+                    f"{two / single / allow[0]:.0%}",
+                )
+            )
         if "convert" in parts:
             share = one / figures["greedy fp32"][0]
             rows.append(
