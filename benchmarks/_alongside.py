@@ -6,8 +6,9 @@ two processes scale, before any queue, broker or database is involved.
 
 loads the shipped model, prints "ready", reads "START STOP" (epoch seconds) from its
 standard input, sleeps until START, converts train.txt's conversions in batches of 512
-until STOP and prints its words/s, and when it began and ended, as one JSON line. The processes of one
-window are given it once every one is ready, so they convert over the same seconds."""
+until STOP and prints its words/s, and when it began and ended, as one JSON line. The
+processes of one window are given it once every one is ready, so they convert over the
+same seconds."""
 
 from __future__ import annotations
 
