@@ -553,11 +553,10 @@ def alongside(processes: int, threads: int, window: float) -> list[dict]:
             p.wait()
 
 
-def cores_allow(repeats: int, window: float = 10.0) -> tuple:
-    """Two processes of half the threads converting at once over one alone, the median of
-    ``repeats`` pairs: how far this machine's cores let two workers scale (two workers'
+def cores_allow(repeats: int, half: int, window: float = 10.0) -> tuple:
+    """Two processes of ``half`` the threads converting at once over one alone, the median
+    of ``repeats`` pairs: how far this machine's cores let two workers scale (two workers'
     figures are of the same split), with nothing but the conversion running."""
-    half = max(1, (os.cpu_count() or 1) // 2)
     ratios = []
     for _ in range(repeats):
         one, two = (sum(p["words/s"] for p in alongside(n, half, window)) for n in (1, 2))
@@ -676,10 +675,11 @@ def main() -> None:
     backends = [("no-server default", {})] if "jobs" in parts else []
     if args.servers and "jobs" in parts:
         backends.append(("Redis + PostgreSQL", SERVERS))
+    cores = os.cpu_count() or 1
+    half = max(1, cores // 2)  # each of two workers' threads (benchmarks/_jobs.py)
     allow = None
-    if backends and (os.cpu_count() or 1) > 1:
-        allow = cores_allow(R)
-        half = max(1, (os.cpu_count() or 1) // 2)
+    if backends and cores > 1:
+        allow = cores_allow(R, half)
         rows.append(
             (
                 f"two conversion processes of {half} thread(s) at once over one, no queue "
@@ -694,7 +694,6 @@ def main() -> None:
         for k, v in figs.items():
             rows.append((f"{name}: {k}", fmt(v, digits=3 if "latency" in k else 0)))
         bulk = {k.split(", ", 1)[1]: v[0] for k, v in figs.items() if k.startswith("bulk")}
-        cores, half = os.cpu_count() or 1, max(1, (os.cpu_count() or 1) // 2)
         one = bulk[f"1 worker(s) of {cores} thread(s) (lines/s)"]
         two = bulk[f"2 worker(s) of {half} thread(s) (lines/s)"]
         single = bulk[f"1 worker(s) of {half} thread(s) (lines/s)"]

@@ -58,8 +58,8 @@ def test_int8_packs_its_weights_for_the_engine_chosen_and_puts_the_setting_back(
     q = int8(shipped)
     assert seen == [engine or before]
     assert torch.backends.quantized.engine == before
-    words = [c.source for c in load_test()]
-    src, tgt = [c.src for c in load_test()], [c.tgt for c in load_test()]
+    cases = load_test()
+    words, src, tgt = [c.source for c in cases], [c.src for c in cases], [c.tgt for c in cases]
     assert pipeline.convert(q, words, src, tgt) == pipeline.convert(shipped, words, src, tgt)
 
 
