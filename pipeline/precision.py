@@ -130,7 +130,12 @@ def int8_engine() -> str | None:
     the recurrent product by 1,024 rows took 12.5-12.6 ms packed for x86, fbgemm or oneDNN,
     23.5 for qnnpack, 12.8 in fp32, and int8 conversion alone ran 0.93-0.97x fp32's rate by
     paired rounds for the first three (0.53x for qnnpack), each alone writing one word of
-    train.txt's conversions or none unlike fp32's."""
+    train.txt's conversions or none unlike fp32's. On an AMD EPYC with AVX-512 VNNI but no
+    AMX (Zen 4, 2026-12-07) the engines were alike, so the default stays there too: the
+    recurrent product by 1,024 rows took 1.83-1.89 ms packed for oneDNN, 1.91-1.99 for x86,
+    1.88-1.95 for fbgemm (qnnpack 20.1-20.4; fp32 7.5-7.8), and int8 conversion alone ran
+    1.22x and 1.30x fp32's rate packed for oneDNN against 1.40x and 1.29x for x86, two
+    processes each."""
     try:
         if "onednn" in torch.backends.quantized.supported_engines and bool(
             torch.cpu._is_amx_tile_supported()

@@ -10,7 +10,10 @@ GFLOP/s) and greedy conversion ran 0.96x as fast through oneDNN (the median of s
 alternating the two in one process, 0.93-1.00x), a whole training step 0.70x. On an AMD
 EPYC with AVX2 alone (no AVX-512; 2026-12-07, about 83 GFLOP/s) both run AVX2 code and
 converted alike: oneDNN's over torch's 1.00x by the median of ten rounds alternating the
-two in one process (0.94-1.10x), every word the same.
+two in one process (0.94-1.10x), every word the same. On an AMD EPYC whose AVX-512 runs on
+256-bit units (Zen 4; 2026-12-07) oneDNN reached 200-208 GFLOP/s at 1024^3 against MKL's
+185-193, and the two converted alike (torch's over oneDNN's 0.99x and 0.94x by paired rounds
+in two runs of ``benchmarks/speed.py``), so ``auto``'s choice of oneDNN's costs nothing there.
 nn.LSTM, which the encoder runs, goes through oneDNN either way.
 
 ``TENSEVAE_PRODUCTS`` chooses:
