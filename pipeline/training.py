@@ -140,7 +140,8 @@ class Trainer:
             else frozenset()
         )
         self.hard = round(len(self.pairs) * t.hard_pairs)
-        self.steps_per_epoch = math.ceil((len(self.pairs) + self.hard) / t.batch_size)
+        self.again = round(len(self.pairs) * t.hard_pairs_again)
+        self.steps_per_epoch = math.ceil((len(self.pairs) + self.hard + self.again) / t.batch_size)
         self.total_steps = self.steps_per_epoch * t.epochs
         self.epoch, self.step = 0, 0
         self.history: list[dict[str, float]] = []
@@ -545,13 +546,14 @@ class Trainer:
 
     def epoch_pairs(self) -> list[tuple[str, int, str, int]]:
         """The epoch's pairs: every pair, and with hard_pairs the hardest again (ties, as in
-        the first epoch, broken at random)."""
+        the first epoch, broken at random), and with hard_pairs_again the hardest of those a
+        third time."""
         if not self.hard:
             return self.pairs
         jitter = torch.rand(len(self.pairs), generator=self.generator) * 1e-3
-        hardest = (self._pair_loss + jitter).topk(self.hard).indices.tolist()
+        hardest = (self._pair_loss + jitter).topk(self.hard).indices.tolist()  # hardest first
         self._hard_keys = {pair_key(self.pairs[i]) for i in hardest}
-        return self.pairs + [self.pairs[i] for i in hardest]
+        return self.pairs + [self.pairs[i] for i in hardest + hardest[: self.again]]
 
     # -- one epoch ------------------------------------------------------------------
     def run_epoch(self, should_stop: Callable[[], bool] | None) -> dict[str, float] | None:

@@ -57,6 +57,8 @@ def test_overrides():
         (["hard_pairs=1.5"], "hard_pairs must lie in"),
         (["hard_pairs_attend=true"], "hard_pairs_attend needs train.hard_pairs above 0"),
         (["hard_pairs=0.2", "hard_pairs_attend=true"], "and model.attention"),
+        (["hard_pairs_again=0.1"], r"hard_pairs_again must lie in \[0, train.hard_pairs\]"),
+        (["hard_pairs=0.2", "hard_pairs_again=0.3"], "hard_pairs_again must lie in"),
         (["ema=1"], "train.ema must lie in"),
         (["label_smoothing=1"], r"train.label_smoothing must lie in \[0, 1\)"),
         (["label_smoothing_hard=false"], "label_smoothing_hard=false needs train.label_smoothing"),

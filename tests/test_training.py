@@ -690,6 +690,27 @@ def test_hard_pairs_are_the_pairs_attention_decoded_worst_trained_again(tiny_con
     assert off.epoch_pairs() is off.pairs and not off._pair_loss.any()
 
 
+def test_hard_pairs_again_trains_the_hardest_of_the_hard_a_third_time(tiny_config):
+    from pipeline import training
+
+    cfg = tiny_config.replace(train={"hard_pairs": 0.1, "hard_pairs_again": 0.02})
+    trainer = training.Trainer(cfg, pipeline.data.load_train(), "cpu")
+    n, size = len(trainer.pairs), trainer.config.train.batch_size
+    assert trainer.again == round(n * 0.02) > 0
+    assert trainer.steps_per_epoch == -(-(n + trainer.hard + trainer.again) // size)
+    trainer._pair_loss[:3] = torch.tensor([5.0, 9.0, 7.0])
+    epoch = trainer.epoch_pairs()
+    assert len(epoch) == n + trainer.hard + trainer.again
+    hard, again = epoch[n : n + trainer.hard], epoch[n + trainer.hard :]
+    assert again == hard[: trainer.again]  # the hardest of the hard, hardest first
+    assert again[:3] == [trainer.pairs[1], trainer.pairs[2], trainer.pairs[0]]
+    # off (the shipped config's setting), an epoch holds each hard pair once more, no more
+    once = training.Trainer(
+        cfg.replace(train={"hard_pairs_again": 0.0}), pipeline.data.load_train(), "cpu"
+    )
+    assert once.again == 0 and len(once.epoch_pairs()) == n + once.hard
+
+
 def record_use_context(trainer) -> list[torch.Tensor]:
     """The rows that attend (use_context), as each train_step of ``trainer`` hands them to
     the decoder, appended to the list returned."""
