@@ -97,6 +97,48 @@ def test_quality_says_which_decodings_reach_the_gaussian_target():
     assert "No config reached the Gaussian target" in quality.table(runs, 2, "q")
 
 
+def _curve(seed: int, reach_target: bool) -> list[dict]:
+    points = []
+    for i, (bleu, gaussian, distinct) in enumerate(
+        [(0.9, 0.5, 50), (1.0, 0.78, 70), (1.0, 0.8, 72)]
+    ):
+        if reach_target and i == 2:
+            gaussian, distinct = 0.91, 81
+        points.append(
+            {
+                "epoch": i + 1,
+                "seconds": 50.0 * (i + 1) + 2 * seed,
+                "bleu4": bleu,
+                "gaussian": gaussian,
+                "distinct": distinct,
+                "unseen_sp": 0.8 + i / 100,
+            }
+        )
+    return points
+
+
+def test_quality_times_each_level_of_quality_from_the_epochs_curves():
+    import quality
+
+    runs = [{**_run("default", s), "curve": _curve(s, reach_target=False)} for s in (0, 1)]
+    text = quality.table(runs, 2, "q")
+    _check(text)
+    assert "## Time to quality" in text and "is under 'Time to quality'" in text
+    assert "BLEU-4 = 1.0 (posterior mean): 101 ± 1 s" in text  # epoch 2 on both seeds
+    assert (
+        "not reached by any of the 2 runs; the best epoch's score 0.800 ± 0.000 (epoch 3, 3)"
+        in text
+    )
+    assert "95% of its own last epoch's Gaussian score: 101 ± 1 s" in text  # 0.78 >= 0.76
+    assert "| 3 | 151 ± 1 | 1.000 ± 0.000 | 0.800 ± 0.000 | 72.0 ± 0.0 | 0.820 ± 0.000 |" in text
+    runs[1]["curve"] = _curve(1, reach_target=True)
+    assert "at least 80 distinct verbs): 152 ± 0 s (1 of 2 never)" in quality.table(runs, 2, "q")
+    for r in runs:  # runs scored only at the end say there is no time to the target
+        r["curve"] = None
+    text = quality.table(runs, 2, "q")
+    assert "## Time to quality" not in text and "so there is no time to it" in text
+
+
 def test_quality_table_says_when_and_on_what_it_ran():
     import _host
     import quality
@@ -143,14 +185,16 @@ def test_a_run_span_names_its_date_once_on_one_day():
 
 def test_a_quality_run_end_to_end_renders_and_keeps_its_model(tmp_path):
     """One real (tiny) run of quality.run: every figure the table reads is there, and
-    --keep-models saves the very model it scored, as a folder pipeline.load reads."""
+    --keep-models saves the very model it scored, as a folder pipeline.load reads, and
+    scoring every epoch (the curve) trains the same weights as scoring once."""
     import quality
     import torch
 
     import pipeline
 
     overrides = ["train.epochs=1", "train.max_lines=40"]
-    run = quality.run("tiny", 0, overrides, 0.1, compare=False, keep=tmp_path)
+    run = quality.run("tiny", 0, overrides, 0.1, compare=False, keep=tmp_path, curve=True)
+    assert [p["epoch"] for p in run["curve"]] == [1] and run["curve"][0]["unseen_sp"] is not None
     # LemmInflect is a benchmark-only dependency: its comparison row gets stand-in figures
     shown = {**run, "lemminflect": _exact(0.99)}
     shown["by_rule"] = {"lemminflect_ruled": 0.995, "lemminflect_rest": 0.95, **run["by_rule"]}

@@ -99,6 +99,23 @@ def test_training_scores_and_hands_back_the_moving_average(tiny_config):
     assert averaged.history[-1]["bleu4"] == bleu_on(averaged.model, load_test())["bleu4"]
 
 
+def test_scoring_every_epoch_leaves_the_weights_as_they_were(tiny_config):
+    """A run scored every epoch on twenty Gaussian draws (benchmarks/quality.py's curves)
+    trains the very weights a run scored only at its end does: scoring draws from its own
+    generators, never from training's or torch's global one."""
+    base = {"epochs": 2, "prior_weight": 1.0, "ema": 0.9, "val_fraction": 0.1}
+    quiet = pipeline.train(
+        tiny_config.replace(train={**base, "eval_every": 100, "eval_gaussian_draws": 0})
+    )
+    scored = pipeline.train(
+        tiny_config.replace(train={**base, "eval_every": 1, "eval_gaussian_draws": 20})
+    )
+    assert "gaussian_score" in scored.history[0] and "gaussian_score" not in quiet.history[0]
+    assert [h["loss"] for h in scored.history] == [h["loss"] for h in quiet.history]
+    a, b = quiet.model.state_dict(), scored.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_cancellation_stops_training(tiny_config):
     calls = []
     result = pipeline.train(tiny_config, should_stop=lambda: calls.append(1) or len(calls) > 3)
