@@ -1,6 +1,6 @@
 """Where a trained model's generation and conversion of new verbs go wrong.
 
-    python benchmarks/diagnose.py [--model pipeline/data/pretrained] [--draws 5]
+    python benchmarks/diagnose.py [--model pipeline/data/pretrained] [--draws 5] [--split SEED,FRACTION]
 
 Prints, in Markdown:
 - how the tuples generated from z ~ N(0, I) fail the Gaussian score: is the simple present a
@@ -162,8 +162,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(artifacts.pretrained_path()))
     ap.add_argument("--draws", type=int, default=5, help="draws of 100 z")
+    ap.add_argument(
+        "--split",
+        metavar="SEED,FRACTION",
+        help="the seed and held-out fraction the model trained with, for a folder that does "
+        "not record its training config",
+    )
     args = ap.parse_args()
     model = artifacts.load(args.model)
+    meta = artifacts.metadata(args.model).get("config", {}).get("train")
+    if args.split:
+        try:
+            seed, fraction = args.split.split(",")
+            meta = {"seed": int(seed), "val_fraction": float(fraction)}
+        except ValueError:
+            ap.error(f"--split {args.split!r} is not SEED,FRACTION (as in 0,0.1)")
+    elif meta is None:
+        ap.error(
+            f"{args.model} does not record the config it trained with, so its held-out verbs "
+            "are unknown: pass --split SEED,FRACTION"
+        )
     print(
         f"# Diagnosis of {args.model}\n\nCommand: `python benchmarks/diagnose.py "
         f"{' '.join(sys.argv[1:])}`\n"
@@ -179,7 +197,6 @@ def main() -> None:
             f"\nThe same draws moved to the nearest latent-memory key before decoding: "
             f"{snapped:.3f} lines of train.txt (raw: {raw:.3f})."
         )
-    meta = artifacts.metadata(args.model)["config"]["train"]
     if not meta.get("val_fraction"):
         print("\nThis model held no verbs out of training: nothing to convert that it never saw.")
         return

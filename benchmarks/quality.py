@@ -86,7 +86,9 @@ def run(
     seconds = time.perf_counter() - start
     model = result.model
     if keep is not None:  # to score again later without training (same seed, same split)
-        pipeline.save(model, keep / f"{config_name}-seed{seed}")
+        extra = {"config": cfg.to_dict(), "train_seconds": round(seconds, 1)}
+        extra["best_epoch"] = result.best_epoch  # as `python -m pipeline train` records it
+        pipeline.save(model, keep / f"{config_name}-seed{seed}", extra)
     kept, held = split_by_verb(load_train(), holdout, seed, test_words())
     bleu = bleu_on(model, pipeline.data.load_test(), samples=100, seed=seed)
     g = gaussian(model, draws=20, seed=seed)

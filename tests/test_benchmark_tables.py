@@ -200,6 +200,8 @@ def test_a_quality_run_end_to_end_renders_and_keeps_its_model(tmp_path):
     shown["by_rule"] = {"lemminflect_ruled": 0.995, "lemminflect_rest": 0.95, **run["by_rule"]}
     _check(quality.table([shown], 1, "python benchmarks/quality.py --configs tiny"))
     kept = pipeline.load(tmp_path / "tiny-seed0")
+    recorded = pipeline.artifacts.metadata(tmp_path / "tiny-seed0")["config"]["train"]
+    assert (recorded["seed"], recorded["val_fraction"]) == (0, 0.1)  # diagnose.py finds the split
     retrained = pipeline.train(
         pipeline.load_config(
             "tiny",
@@ -208,3 +210,39 @@ def test_a_quality_run_end_to_end_renders_and_keeps_its_model(tmp_path):
     ).model
     for name, value in retrained.state_dict().items():
         assert torch.equal(kept.state_dict()[name], value), name
+
+
+def test_diagnose_finds_a_kept_models_held_out_verbs_or_asks_for_them(tmp_path):
+    """benchmarks/diagnose.py on a folder quality.py --keep-models wrote: it reads the
+    held-out split from the folder; a folder that does not record it is refused in one line
+    naming --split, and --split supplies it."""
+    import subprocess
+
+    import pipeline
+
+    cfg = pipeline.load_config(
+        "tiny", ["train.epochs=1", "train.max_lines=40", "train.val_fraction=0.1"]
+    )
+    model = pipeline.train(cfg).model
+    script = str(Path(__file__).resolve().parent.parent / "benchmarks" / "diagnose.py")
+
+    def diagnose(folder, *extra):
+        return subprocess.run(
+            [sys.executable, script, "--model", str(folder), "--draws", "1", *extra],
+            capture_output=True,
+            text=True,
+        )
+
+    pipeline.save(model, tmp_path / "recorded", {"config": cfg.to_dict()})
+    out = diagnose(tmp_path / "recorded")
+    assert out.returncode == 0 and "held-out lines" in out.stdout, out.stderr
+    pipeline.save(model, tmp_path / "bare")
+    out = diagnose(tmp_path / "bare")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "pass --split SEED,FRACTION" in out.stderr.strip().splitlines()[-1]
+    assert diagnose(tmp_path / "bare", "--split", "0,0.1").stdout == diagnose(
+        tmp_path / "recorded"
+    ).stdout.replace("--draws 1`", "--draws 1 --split 0,0.1`").replace(
+        str(tmp_path / "recorded"), str(tmp_path / "bare")
+    )
+    assert diagnose(tmp_path / "bare", "--split", "zero").returncode == 2
