@@ -183,11 +183,20 @@ def quality_times(rs: list[dict]) -> list[str]:
 
 def when_final(curves: list[list[dict]], share: float) -> str:
     """Training seconds until each run's 20-draw Gaussian score first reaches ``share`` of
-    the score of its own last epoch."""
+    the score of its own last epoch (runs whose last epoch scored 0 have nothing to reach)."""
+    what = f"{share:.0%} of its own last epoch's Gaussian score"
+    scored = [c for c in curves if c[-1]["gaussian"] > 0]
+    if not scored:
+        return f"{what}: none, as no run's last epoch scored above 0"
     times = [
-        first_time(c, lambda p, c=c: p["gaussian"] >= share * c[-1]["gaussian"]) for c in curves
+        first_time(c, lambda p, c=c: p["gaussian"] >= share * c[-1]["gaussian"]) for c in scored
     ]
-    return f"{share:.0%} of its own last epoch's Gaussian score: {ms((t for t in times if t is not None), 0)} s"
+    left = (
+        f" ({len(curves) - len(scored)} of {len(curves)} scored 0)"
+        if len(scored) < len(curves)
+        else ""
+    )
+    return f"{what}: {ms((t for t in times if t is not None), 0)} s{left}"
 
 
 def by_rule(model, held, compare: bool) -> dict:

@@ -131,6 +131,11 @@ def test_quality_times_each_level_of_quality_from_the_epochs_curves():
     )
     assert "95% of its own last epoch's Gaussian score: 101 ± 1 s" in text  # 0.78 >= 0.76
     assert "| 3 | 151 ± 1 | 1.000 ± 0.000 | 0.800 ± 0.000 | 72.0 ± 0.0 | 0.820 ± 0.000 |" in text
+    lab = [
+        {**_run("lab", s), "curve": [{**p, "gaussian": 0.0} for p in _curve(s, False)]}
+        for s in (0, 1)
+    ]
+    assert "score: none, as no run's last epoch scored above 0" in quality.table(runs + lab, 2, "q")
     runs[1]["curve"] = _curve(1, reach_target=True)
     assert "at least 80 distinct verbs): 152 ± 0 s (1 of 2 never)" in quality.table(runs, 2, "q")
     for r in runs:  # runs scored only at the end say there is no time to the target
