@@ -34,6 +34,19 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [item for item in rest.split(",") if item]
 
 
+def die_with_parent(sweep: int) -> None:
+    """Each run's process ends with the sweep: on Linux the kernel sends it SIGTERM when the
+    sweep's process dies, however it dies, so a killed sweep leaves no run training on."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != sweep:  # the sweep died before the line above ran
+        os._exit(1)
+
+
 def one(config: str, name: str, overrides: list[str], seed: int, holdout: float, threads: int):
     import torch
 
@@ -120,7 +133,12 @@ def main() -> None:
     runs = []
     sys.path.insert(0, str(ROOT / "benchmarks"))
     # spawn: a forked child cannot use CUDA once the parent has touched it
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        args.jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=die_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         futures = [
             pool.submit(one, args.config, name, o, seed, args.holdout, args.threads)
             for seed in range(args.first_seed, args.first_seed + args.seeds)

@@ -251,3 +251,58 @@ def test_diagnose_finds_a_kept_models_held_out_verbs_or_asks_for_them(tmp_path):
         str(tmp_path / "recorded"), str(tmp_path / "bare")
     )
     assert diagnose(tmp_path / "bare", "--split", "zero").returncode == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal")
+def test_a_killed_sweep_leaves_no_run_training(tmp_path):
+    """Killing benchmarks/sweep.py (even by SIGKILL) ends the runs it started: a run left
+    behind would train on for many minutes and slow whatever is measured next."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    script = str(Path(__file__).resolve().parent.parent / "benchmarks" / "sweep.py")
+    sweep = subprocess.Popen(
+        [
+            sys.executable,
+            script,
+            "--config",
+            "tiny",
+            "--variant",
+            "long:train.epochs=500",
+            "--jobs",
+            "1",
+            "--out",
+            str(tmp_path / "sweep.md"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    children = Path(f"/proc/{sweep.pid}/task/{sweep.pid}/children")
+
+    def runs() -> list[int]:  # the sweep's children that run a spawned worker
+        pids = [int(p) for p in children.read_text().split()] if children.exists() else []
+        found = []
+        for pid in pids:
+            try:
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+            except OSError:
+                pass
+        return found
+
+    deadline = time.monotonic() + 60
+    while not (workers := runs()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert workers, "the sweep started no run"
+    time.sleep(2)  # the run is training by now
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+        time.sleep(0.2)
+    alive = [w for w in workers if Path(f"/proc/{w}").exists()]
+    for w in alive:
+        os.kill(w, signal.SIGKILL)
+    assert not alive, "a run outlived its sweep"
