@@ -86,9 +86,13 @@ def run(
     seconds = time.perf_counter() - start
     model = result.model
     if keep is not None:  # to score again later without training (same seed, same split)
-        extra = {"config": cfg.to_dict(), "train_seconds": round(seconds, 1)}
-        extra["best_epoch"] = result.best_epoch  # as `python -m pipeline train` records it
+        extra = {  # as `python -m pipeline train` records them
+            "config": cfg.to_dict(),
+            "train_seconds": round(seconds, 1),
+            "best_epoch": result.best_epoch,
+        }
         pipeline.save(model, keep / f"{config_name}-seed{seed}", extra)
+    points = curve_points(result.history)
     kept, held = split_by_verb(load_train(), holdout, seed, test_words())
     bleu = bleu_on(model, pipeline.data.load_test(), samples=100, seed=seed)
     g = gaussian(model, draws=20, seed=seed)
@@ -120,8 +124,8 @@ def run(
         "held_verbs": len(held),
         "examples": examples(model),
         "recall": recall_from_z(model, seed),
-        "time_to_bleu1": time_to(result.history, lambda f: f.get("bleu4", 0) >= 1.0),
-        "curve": curve_points(result.history) if curve else None,
+        "time_to_bleu1": first_time(points, lambda p: p["bleu4"] >= 1.0),
+        "curve": points if curve else None,
         "history": result.history,
     }
 
@@ -131,20 +135,20 @@ TARGET = (0.90, 80)  # that target: a mean Gaussian score over at least 80 disti
 
 
 def curve_points(history: list[dict]) -> list[dict]:
-    """The scored epochs of a run scored every epoch: training seconds so far (scoring left
-    out), BLEU-4 on the posterior mean, the 20-draw greedy Gaussian score with its distinct
-    verbs, and exact match on the held-out verbs' six sp directions."""
+    """A run's scored epochs (every eval_every-th; every one with the curve): training
+    seconds so far (scoring left out), BLEU-4 on the posterior mean, the greedy Gaussian
+    score with its distinct verbs, and exact match on the held-out verbs' six sp directions."""
     total, points = 0.0, []
     for f in history:
         total += f["seconds"]
-        if "gaussian_score" in f:
+        if "bleu4" in f:
             points.append(
                 {
                     "epoch": f["epoch"],
                     "seconds": total,
                     "bleu4": f["bleu4"],
-                    "gaussian": f["gaussian_score"],
-                    "distinct": f["distinct_verbs"],
+                    "gaussian": f.get("gaussian_score"),
+                    "distinct": f.get("distinct_verbs"),
                     "unseen_sp": f.get("val_sp_exact"),
                 }
             )
@@ -214,17 +218,6 @@ def by_rule(model, held, compare: bool) -> dict:
             part = [q for q, w in zip(held, r["rule_written"], strict=True) if w is want]
             out[f"lemminflect_{kind}"] = lemminflect_exact(part)["sp_mean"] if part else 0.0
     return out
-
-
-def time_to(history: list[dict], reached) -> float | None:
-    """Training seconds (epochs summed, scoring left out) until an epoch's figures first
-    satisfy ``reached``; None if none did. Figures are scored every eval_every epochs."""
-    total = 0.0
-    for f in history:
-        total += f["seconds"]
-        if reached(f):
-            return total
-    return None
 
 
 def recall_from_z(model, seed: int, lines: int = 400) -> dict:
